@@ -1,0 +1,1 @@
+"""codetr-serve: serve Co-DETR (Co-DINO) with TorchServe."""

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# One-command, repeatable install of the serving stack into a virtualenv.
+# Versions come only from requirements/constraints.txt; this script decides *how* to install them.
+#
+# Variables (all optional):
+#   VENV          virtualenv path                              (default .venv)
+#   PYTHON        interpreter used to create it                (default python3.11, else python3)
+#   TORCH_CUDA    e.g. cu128: take torch from PyTorch's CUDA index and compile mmcv's CUDA kernels
+#   WHEEL_CACHE   directory searched for a prebuilt mmcv wheel; a fresh source build is stored there
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+constraints="$here/requirements/constraints.txt"
+venv=${VENV:-$here/.venv}
+wheel_cache=${WHEEL_CACHE:-$here/.cache/wheels}
+torch_cuda=${TORCH_CUDA:-}
+
+log() { printf '\n==> %s\n' "$*"; }
+pin() { grep -E "^$1==" "$constraints" | head -n1; }
+
+pick_python() {
+  if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"; return; fi
+  command -v python3.11 >/dev/null && { echo python3.11; return; }
+  echo python3
+}
+
+make_venv() {
+  local py; py=$(pick_python)
+  if [ ! -x "$venv/bin/python" ]; then
+    log "creating $venv with $py"
+    "$py" -m venv "$venv"
+  fi
+  "$venv/bin/python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
+    || { echo "codetr-serve is pinned to Python 3.11; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+}
+
+pip_install() { "$venv/bin/python" -m pip install --disable-pip-version-check -c "$constraints" "$@"; }
+
+install_torch() {
+  log "installing $(pin torch) ${torch_cuda:+($torch_cuda)}"
+  if [ -n "$torch_cuda" ]; then
+    pip_install --index-url "https://download.pytorch.org/whl/$torch_cuda" "$(pin torch)"
+  else
+    pip_install "$(pin torch)"
+  fi
+  pip_install numpy setuptools wheel ninja
+}
+
+mmcv_ops_work() {
+  # Runs a real compiled op: an import alone does not prove the .so matches this torch's ABI.
+  "$venv/bin/python" - <<'PY' >/dev/null 2>&1
+import torch
+from mmcv.ops import nms
+boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.]])
+nms(boxes, torch.tensor([0.9, 0.8]), 0.5)
+PY
+}
+
+install_mmcv_from_cache() {
+  local whl
+  whl=$(ls "$wheel_cache"/mmcv-2.1.0-cp311-*.whl 2>/dev/null | head -n1 || true)
+  [ -n "$whl" ] || return 1
+  log "installing mmcv from wheel cache: $whl"
+  pip_install --no-deps --force-reinstall "$whl" && pip_install "mmcv==2.1.0" && mmcv_ops_work && return 0
+  echo "cached mmcv wheel does not work with this torch; building from source instead" >&2
+  "$venv/bin/python" -m pip uninstall -y mmcv >/dev/null
+  return 1
+}
+
+build_mmcv_from_source() {
+  log "building $(pin mmcv) with compiled ops from source (about 21 min on 2 cores)"
+  mkdir -p "$wheel_cache" 2>/dev/null || true
+  # A read-only cache (e.g. a shared wheelhouse) is still searched, but new builds go to the project's own.
+  [ -w "$wheel_cache" ] || { wheel_cache=$here/.cache/wheels; mkdir -p "$wheel_cache"; }
+  local cuda=0; [ -n "$torch_cuda" ] && cuda=1
+  MMCV_WITH_OPS=1 FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+    "$venv/bin/python" -m pip wheel --no-build-isolation --no-deps -c "$constraints" \
+      -w "$wheel_cache" "$(pin mmcv)"
+  install_mmcv_from_cache || { echo "mmcv built but its ops do not load: see the build log above" >&2; exit 1; }
+}
+
+install_java() {
+  if java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])'; then return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing Java 17 for TorchServe"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless
+  else
+    echo "TorchServe needs Java >= 17: install it (Debian/Ubuntu: sudo apt-get install openjdk-17-jre-headless)" >&2
+    exit 1
+  fi
+}
+
+make_venv
+pip_install --upgrade pip
+install_torch
+mmcv_ops_work || install_mmcv_from_cache || build_mmcv_from_source
+log "installing the rest of the stack"
+pip_install -r "$here/requirements/runtime.txt" -r "$here/requirements/dev.txt"
+pip_install --no-deps --no-build-isolation -e "$here"
+install_java
+log "checking the stack"
+"$venv/bin/python" -m codetr_serve.doctor
