@@ -1,0 +1,124 @@
+"""Everything the serving core needs to know, read once into a frozen object.
+
+Defaults live in `defaults.yaml` beside this file; the `handler:` section of TorchServe's model-config.yaml
+overrides them. `settings_from_context` is the single place that reads a TorchServe context (duck-typed,
+so this module does not import `ts`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
+
+
+class SettingsError(ValueError):
+    """A bad value in the handler settings: raised at start-up, so the worker refuses to load."""
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Resolved serving settings for one worker."""
+
+    model_name: str
+    model_version: str
+    model_dir: Path
+    device: str
+    config_file: str
+    weights_dir: str
+    score_threshold: float
+    max_detections: int
+    test_scale: tuple[int, int] | None
+    max_image_bytes: int
+    max_image_pixels: int
+    max_image_side: int
+    min_image_side: int
+    fp16: bool
+    cudnn_benchmark: bool
+    tf32: bool
+    warmup_runs: int
+
+    @property
+    def config_path(self) -> Path:
+        return self.model_dir / self.config_file
+
+    @property
+    def weights_path(self) -> Path | None:
+        """The safetensors folder, or None when the model runs on random weights (demos, tests)."""
+        return self.model_dir / self.weights_dir if self.weights_dir else None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+_TUNABLES = {f.name for f in dataclasses.fields(ServingSettings)} - {
+    "model_name", "model_version", "model_dir", "device"}
+
+
+def load_defaults() -> dict[str, Any]:
+    with DEFAULTS_FILE.open(encoding="utf-8") as stream:
+        return yaml.safe_load(stream)
+
+
+def build_settings(overrides: Mapping[str, Any] | None, *, model_dir: str | Path, device: str,
+                   model_name: str = "co_detr", model_version: str = "1.0") -> ServingSettings:
+    """Merge `overrides` (the yaml `handler:` section) over the packaged defaults and validate."""
+    values = load_defaults()
+    unknown = sorted(set(overrides or {}) - _TUNABLES)
+    if unknown:
+        raise SettingsError(f"unknown handler setting(s) {unknown} in model-config.yaml; "
+                            f"known settings: {sorted(_TUNABLES)}")
+    values.update(overrides or {})
+    values["test_scale"] = _parse_scale(values.get("test_scale"))
+    values["weights_dir"] = values.get("weights_dir") or ""
+    settings = ServingSettings(model_name=model_name, model_version=str(model_version),
+                               model_dir=Path(model_dir), device=device, **values)
+    _validate(settings)
+    return settings
+
+
+def _parse_scale(value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if (isinstance(value, list | tuple) and len(value) == 2
+            and all(isinstance(v, int) and v > 0 for v in value)):
+        return int(value[0]), int(value[1])
+    raise SettingsError(f"test_scale must be [long_edge, short_edge] in pixels (e.g. [1333, 800]) "
+                        f"or null, got {value!r}")
+
+
+def _validate(s: ServingSettings) -> None:
+    checks = [
+        (0.0 <= s.score_threshold <= 1.0, "score_threshold must be within [0, 1]"),
+        (s.max_detections >= 1, "max_detections must be >= 1"),
+        (s.max_image_bytes > 0 and s.max_image_pixels > 0, "image limits must be positive"),
+        (0 < s.min_image_side <= s.max_image_side, "need 0 < min_image_side <= max_image_side"),
+        (s.warmup_runs >= 0, "warmup_runs must be >= 0"),
+        (not s.fp16 or s.is_cuda, "fp16 needs a CUDA device; set fp16: false for CPU workers"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SettingsError(f"{message} (handler section of model-config.yaml)")
+
+
+def settings_from_context(context: Any, cuda_available: bool) -> ServingSettings:
+    """Read a TorchServe context: model dir, GPU id, manifest and the yaml `handler:` section."""
+    properties = context.system_properties
+    gpu_id = properties.get("gpu_id")
+    device = f"cuda:{gpu_id}" if cuda_available and gpu_id is not None else "cpu"
+    model = (getattr(context, "manifest", None) or {}).get("model", {})
+    yaml_config = getattr(context, "model_yaml_config", None) or {}
+    handler_section = yaml_config.get("handler") or {}
+    if not cuda_available:
+        # The same archive must serve on a CPU node: CUDA-only switches are ignored there.
+        handler_section = {**handler_section, "fp16": False}
+    return build_settings(handler_section, model_dir=properties["model_dir"], device=device,
+                          model_name=model.get("modelName", "co_detr"),
+                          model_version=model.get("modelVersion", "1.0"))
