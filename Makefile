@@ -24,3 +24,32 @@ lint:
 
 clean:
 	rm -rf model_store/* .pytest_cache build
+
+# ---- serving ---------------------------------------------------------------------------------------------
+# `make serve` with no arguments serves a tiny random-weight demo model; CONFIG=/CHECKPOINT= serve a real one.
+CONFIG      ?=
+CHECKPOINT  ?=
+FORMAT      ?= zip
+MODEL_NAME  ?= co_detr
+TS_FLAGS    ?=
+ifeq ($(CONFIG),)
+ARCHIVE_ARGS := --config config/co_dino_tiny.py
+else
+ARCHIVE_ARGS := --config $(CONFIG) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT))
+endif
+MODEL_FILE  := $(if $(filter no-archive,$(FORMAT)),$(MODEL_NAME),$(MODEL_NAME).mar)
+
+.PHONY: archive serve stop
+archive:  ## build model_store/$(MODEL_NAME).mar from CONFIG/CHECKPOINT (tiny demo model by default)
+	./archive.sh $(ARCHIVE_ARGS) --name $(MODEL_NAME) --format $(FORMAT)
+
+serve: archive  ## start TorchServe in the foreground on the model store (Ctrl-C or `make stop` to end)
+	@echo "Once 'Model $(MODEL_NAME) loaded' shows, in another shell:"
+	@echo '  curl -H "Authorization: Bearer $$(python3 -c "import json;print(json.load(open(\"key_file.json\"))[\"inference\"][\"key\"])")" --data-binary @your_image.jpg http://127.0.0.1:8080/predictions/$(MODEL_NAME)'
+	@echo "  or: .venv/bin/python -m codetr_serve.client your_image.jpg --draw boxes.png"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/torchserve --start --ncs --foreground \
+	  --ts-config config/config.properties --model-store model_store \
+	  --models $(MODEL_NAME)=$(MODEL_FILE) $(TS_FLAGS)
+
+stop:  ## stop a TorchServe started with `make serve`
+	$(VENV)/bin/torchserve --stop

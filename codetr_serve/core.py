@@ -72,6 +72,22 @@ def _inference_error(error: Exception, batch_size: int) -> InferenceFailed:
     return InferenceFailed(cause=repr(error))
 
 
+def canvas_groups(prepared: Sequence[PreparedImage], divisor: int) -> dict[tuple[int, int], list[int]]:
+    """Indices of images grouped by the padded canvas each would get on its own.
+
+    The backbone's convolutions and norms see the padding, so an image padded to a bigger canvas (because a
+    larger batch-mate set the batch size) gets slightly different features near its bottom/right edges.
+    Batching only images that share a canvas keeps every result identical to a single-image call (and to
+    the reference implementation); same-size frames, the common case, still run as one forward.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, item in enumerate(prepared):
+        height, width = item.inputs.shape[-2:]
+        canvas = (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
+        groups.setdefault(canvas, []).append(index)
+    return groups
+
+
 class DetectorCore:
     """Co-DETR behind a request/response interface; build with settings, then call `setup()`."""
 
@@ -153,8 +169,17 @@ class DetectorCore:
         return [next(outputs) if isinstance(item, PendingImage) else item for item in items]
 
     def _forward(self, prepared: Sequence[PreparedImage]) -> list[Any]:
+        """Detections per image, in order; one forward per padded-shape group (see `canvas_groups`)."""
         if self.detector is None:
             raise ModelNotReady()
+        results: list[Any] = [None] * len(prepared)
+        for indices in canvas_groups(prepared, self.detector.pad_size_divisor).values():
+            outputs = self._forward_group([prepared[i] for i in indices])
+            for index, output in zip(indices, outputs, strict=True):
+                results[index] = output
+        return results
+
+    def _forward_group(self, prepared: Sequence[PreparedImage]) -> list[Any]:
         model = self.detector.model
         batch = {"inputs": [p.inputs for p in prepared], "data_samples": [p.data_sample for p in prepared]}
         with inference_precision(self.settings.device, self.settings.fp16):

@@ -22,6 +22,7 @@ class LoadedDetector:
     cfg: Config
     class_names: tuple[str, ...]
     max_per_img: int
+    pad_size_divisor: int
 
 
 def load_config(config_path: Path) -> Config:
@@ -50,7 +51,8 @@ def build_detector(cfg: Config, weights_dir: Path | None, device: str, seed: int
         log.warning("no weights_dir: serving RANDOM weights (demo/test mode)")
     model.to(device).eval()
     return LoadedDetector(model=model, cfg=cfg, class_names=class_names_for(cfg, meta),
-                          max_per_img=_max_per_img(cfg))
+                          max_per_img=_max_per_img(cfg),
+                          pad_size_divisor=int(cfg.model.get("data_preprocessor", {}).get("pad_size_divisor", 1)))
 
 
 def class_names_for(cfg: Config, weights_meta: dict) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+from ts.metrics.unit import Units
 
 from tests.conftest import REPO, encode_image
 
@@ -29,6 +30,7 @@ def load_handler_class():
 def make_context(model_dir: Path, handler_section: dict, batch_size: int) -> Context:
     metrics = MetricsCacheYamlImpl(config_file_path=str(METRICS_YAML))
     metrics.initialize_cache()
+    metrics.model_name = "co_detr"  # the worker sets this when it loads the model
     manifest = {"model": {"modelName": "co_detr", "modelVersion": "test"}}
     context = Context("co_detr", str(model_dir), manifest, batch_size, None, "0.12.0",
                       metrics=metrics, model_yaml_config={"handler": handler_section})
@@ -106,12 +108,14 @@ def test_metrics_emitted_with_declared_names(handler_and_context, caplog):
         match = re.match(r"\[METRICS\](\w+)\.(\w+):([\d.]+)\|#(.*?)\|#type:(\w+)", line)
         emitted[match[1]] = (match[2], float(match[3]), match[4], match[5].lower())
     declared = yaml.safe_load(METRICS_YAML.read_text())["model_metrics"]
-    declared = {m["name"]: (kind, m["unit"]) for kind, metrics in declared.items() for m in metrics}
+    units = Units().units  # TorchServe prints declared units in long form ("ms" -> "Milliseconds")
+    declared = {m["name"]: (kind, units.get(m["unit"], m["unit"]))
+                for kind, metrics in declared.items() for m in metrics}
     for name, (unit, _, _, kind) in emitted.items():
         assert declared[name] == (kind, unit), name
     assert emitted["CoDetrBatchSize"][1] == 2
     assert emitted["CoDetrImages"][1] == 2
-    assert emitted["CoDetrRejectedInputs"][2].startswith("Reason:empty_input")
+    assert emitted["CoDetrRejectedInputs"][2] == "Reason:empty_input,ModelName:co_detr,Level:Model"
     assert {"CoDetrPreprocessMs", "CoDetrInferenceMs", "CoDetrPostprocessMs", "CoDetrBatches",
             "CoDetrDetectionsPerImage"} <= set(emitted)
 

@@ -1,0 +1,72 @@
+"""Roll a new model version out on a running TorchServe without failing requests.
+
+register the new .mar (workers started synchronously) -> make it the default version (traffic moves)
+-> scale it -> unregister the old versions (TorchServe lets their in-flight requests finish first).
+Needs the management API with the model API enabled (torchserve --enable-model-api).
+
+    python -m codetr_serve.rollout --mar co_detr_v2.mar --model co_detr --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import zipfile
+from pathlib import Path
+
+from codetr_serve.torchserve_api import TorchServeClient
+
+
+def manifest_version(mar: str, model_store: Path) -> str:
+    """The modelVersion inside a .mar file or no-archive folder in the model store."""
+    import json
+
+    path = model_store / mar
+    if path.is_dir():
+        return json.loads((path / "MAR-INF" / "MANIFEST.json").read_text())["model"]["modelVersion"]
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("MAR-INF/MANIFEST.json"))["model"]["modelVersion"]
+
+
+def roll_out(client: TorchServeClient, model: str, mar: str, version: str, workers: int) -> list[str]:
+    """Returns the versions that were unregistered."""
+    old = [v for v in client.versions(model) if v != version] if _is_registered(client, model) else []
+    if version not in (client.versions(model) if old or _is_registered(client, model) else []):
+        print(f"registering {mar} as {model} {version} with {workers} worker(s)", flush=True)
+        client.manage("POST", "models", url=mar, model_name=model, initial_workers=workers,
+                      synchronous="true")
+    client.manage("PUT", f"models/{model}/{version}/set-default")
+    print(f"{model} {version} is now the default version", flush=True)
+    client.manage("PUT", f"models/{model}/{version}", min_worker=workers, max_worker=workers,
+                  synchronous="true")
+    for stale in old:
+        client.manage("DELETE", f"models/{model}/{stale}")
+        print(f"unregistered {model} {stale}", flush=True)
+    return old
+
+
+def _is_registered(client: TorchServeClient, model: str) -> bool:
+    try:
+        client.versions(model)
+    except RuntimeError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Roll out a new model version with no failed requests.")
+    parser.add_argument("--mar", required=True, help="archive file (or no-archive folder) in the model store")
+    parser.add_argument("--model", default="co_detr", help="model name served at /predictions/<model>")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--model-store", type=Path, default=Path("model_store"))
+    parser.add_argument("--management-url", default="http://127.0.0.1:8081")
+    parser.add_argument("--key-file", type=Path, default=Path("key_file.json"))
+    args = parser.parse_args(argv)
+    client = TorchServeClient(management_url=args.management_url, key_file=args.key_file)
+    version = manifest_version(args.mar, args.model_store)
+    roll_out(client, args.model, args.mar, version, args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

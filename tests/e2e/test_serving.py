@@ -1,0 +1,101 @@
+"""End to end: archive.sh -> .mar -> a real TorchServe -> HTTP."""
+
+from __future__ import annotations
+
+import base64
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from codetr_serve.schemas import validate
+from tests.conftest import encode_image
+
+pytestmark = pytest.mark.e2e
+
+JPEG = encode_image(320, 240, seed=11)
+
+
+def assert_detections(response: requests.Response, width: int, height: int) -> dict:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert validate(body) == []
+    assert body["image"] == {"width": width, "height": height}
+    assert body["detections"], "score_threshold 0 keeps every detection"
+    return body
+
+
+def test_raw_multipart_and_base64_requests(server):
+    url, auth = server.predict_url(), server.auth()
+    assert_detections(requests.post(url, data=JPEG, headers=auth, timeout=60), 320, 240)
+    assert_detections(requests.post(url, files={"data": ("x.jpg", JPEG, "image/jpeg")}, headers=auth,
+                                    timeout=60), 320, 240)
+    png = encode_image(200, 150, "PNG", seed=12)
+    assert_detections(requests.post(url, json={"image": base64.b64encode(png).decode()}, headers=auth,
+                                    timeout=60), 200, 150)
+
+
+def test_per_request_options(server):
+    response = requests.post(server.predict_url(), data=JPEG, headers=server.auth(),
+                             params={"max_detections": 3}, timeout=60)
+    assert len(assert_detections(response, 320, 240)["detections"]) == 3
+    bad = requests.post(server.predict_url(), data=JPEG, headers=server.auth(),
+                        params={"score_threshold": "high"}, timeout=60)
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_option"
+
+
+def test_no_archive_folder_serves(server):
+    response = requests.post(server.predict_url("co_detr_folder"), data=JPEG, headers=server.auth(), timeout=60)
+    assert_detections(response, 320, 240)
+
+
+def _post(server, body: bytes) -> requests.Response:
+    return requests.post(server.predict_url(), data=body, headers=server.auth(), timeout=120)
+
+
+def test_corrupt_image_is_4xx_while_its_batch_mate_succeeds(server):
+    corrupt = JPEG[: len(JPEG) // 3]
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(_post, server, body) for body in (JPEG, corrupt, JPEG, b"GIF89a....")]
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200, 400, 200, 415]
+    assert responses[1].json()["error"]["code"] == "undecodable_image"
+    assert responses[3].json()["error"]["code"] == "unsupported_image_format"
+
+
+def metric_value(text: str, name: str, model: str = "co_detr") -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and f'ModelName="{model}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_concurrent_requests_are_batched(server):
+    before = requests.get(server.metrics_url, timeout=30).text
+    images_before, batches_before = metric_value(before, "CoDetrImages"), metric_value(before, "CoDetrBatches")
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: _post(server, JPEG), range(8)))
+    assert all(r.status_code == 200 for r in responses)
+    after = requests.get(server.metrics_url, timeout=30).text
+    images = metric_value(after, "CoDetrImages") - images_before
+    batches = metric_value(after, "CoDetrBatches") - batches_before
+    assert images == 8
+    assert batches < images, f"{images} images took {batches} forwards: no batching happened"
+
+
+def test_metrics_expose_builtin_and_custom(server):
+    _post(server, JPEG)
+    text = requests.get(server.metrics_url, timeout=30).text
+    for name in ("ts_inference_requests_total", "ts_inference_latency_microseconds", "CoDetrInferenceMs",
+                 "CoDetrPreprocessMs", "CoDetrBatchSize", "CoDetrImages", "CoDetrBatches"):
+        assert re.search(rf"^{name}\{{", text, re.M), f"{name} missing from /metrics"
+
+
+def test_requests_without_token_are_refused(server):
+    assert requests.post(server.predict_url(), data=JPEG, timeout=30).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-key"}
+    assert requests.post(server.predict_url(), data=JPEG, headers=wrong, timeout=30).status_code == 401
+    assert requests.get(f"{server.client.management_url}/models", timeout=30).status_code == 401
