@@ -125,18 +125,20 @@ class DetectorCore:
         return self.detector.class_names if self.detector else ()
 
     # -- stages ------------------------------------------------------------------------------------------
-    def decode(self, requests: Sequence[Mapping[str, Any]]) -> list[Item]:
-        """Parse and decode every request; failures become ServingErrors in place."""
+    def decode(self, requests: Sequence[Mapping[str, Any]],
+               headers: Sequence[Mapping[str, str]] | None = None) -> list[Item]:
+        """Parse and decode every request (with its HTTP headers); failures become ServingErrors in place."""
         self.last_stats = BatchStats()
         start = time.perf_counter()
-        items = [self._decode_one(request) for request in requests]
+        headers = headers or [{}] * len(requests)
+        items = [self._decode_one(request, h) for request, h in zip(requests, headers, strict=True)]
         self.last_stats.preprocess_ms = _elapsed_ms(start)
         return items
 
-    def _decode_one(self, request: Mapping[str, Any]) -> Item:
+    def _decode_one(self, request: Mapping[str, Any], headers: Mapping[str, str]) -> Item:
         start = time.perf_counter()
         try:
-            parsed = codec.parse_request(request, self._request_limits)
+            parsed = codec.parse_request(request, self._request_limits, headers)
             image = decode.decode_image(parsed.image_bytes, self._decode_limits)
             prepared = self._prepare(image)
         except ServingError as error:
@@ -212,7 +214,8 @@ class DetectorCore:
         wanted = self.settings.max_detections if options.max_detections is None else options.max_detections
         return min(wanted, self.detector.max_per_img if self.detector else wanted)
 
-    def handle(self, requests: Sequence[Mapping[str, Any]]) -> list[Reply]:
+    def handle(self, requests: Sequence[Mapping[str, Any]],
+               headers: Sequence[Mapping[str, str]] | None = None) -> list[Reply]:
         """The whole loop for one batch (what the handler does, in one call; used by tests and benchmarks)."""
-        items = self.decode(requests)
+        items = self.decode(requests, headers)
         return self.encode(items, self.predict(items))

@@ -35,7 +35,8 @@ class CoDetrHandler(BaseHandler):
         self.initialized = True
 
     def preprocess(self, data):
-        return self.core.decode(data)
+        headers = [self.context.get_all_request_header(idx) for idx in range(len(data))]
+        return self.core.decode(data, headers)
 
     def inference(self, data, *args, **kwargs):
         return data, self.core.predict(data)

@@ -37,9 +37,9 @@ def make_context(model_dir: Path, handler_section: dict, batch_size: int) -> Con
     return context
 
 
-def start_batch(context: Context, size: int) -> None:
-    """What TorchServe's worker does per batch: one request processor (status holder) per request."""
-    context.request_processor = [RequestProcessor({}) for _ in range(size)]
+def start_batch(context: Context, size: int, headers: list[dict] | None = None) -> None:
+    """What TorchServe's worker does per batch: one request processor (headers, status) per request."""
+    context.request_processor = [RequestProcessor(h) for h in (headers or [{}] * size)]
     context.metrics.set_request_ids({i: f"req-{i}" for i in range(size)})
 
 
@@ -74,6 +74,15 @@ def test_mixed_batch_returns_per_item_statuses(handler_and_context):
         assert body["model"] == {"name": "co_detr", "version": "test"}
         assert 0 < len(body["detections"]) <= 100
         json.dumps(body)  # the worker serialises it
+
+
+def test_options_from_headers_apply_per_request(handler_and_context):
+    handler, context = handler_and_context
+    image = bytearray(encode_image(320, 240, seed=7))
+    start_batch(context, 2, headers=[{"X-Max-Detections": "2"}, {"x-score-threshold": "0.999"}])
+    few, strict = handler.handle([{"body": image}, {"body": image}], context)
+    assert len(few["detections"]) == 2
+    assert all(d["score"] >= 0.999 for d in strict["detections"])
 
 
 def test_batch_results_equal_single_requests(handler_and_context):

@@ -1,0 +1,299 @@
+"""`python -m codetr_serve.doctor`: print the serving stack's version matrix and what is wrong with it.
+
+Exit status 0 when the stack can serve (no error findings), 1 otherwise; `--json` for machines.
+Every probe catches its own failure, so a broken stack is diagnosed instead of crashing the doctor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, MutableMapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from codetr_serve.doctor_checks import COMPONENTS, SEVERITY_RANK, Finding, StackFacts, run_checks
+
+Facts = MutableMapping[str, Any]
+PROBE_TIMEOUT_S = 30
+CONSTRAINTS = Path("requirements") / "constraints.txt"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# --- pure parsers (the probes feed them command output and file text) -------------------------------------
+
+
+def normalize_name(name: str) -> str:
+    """PEP 503 name, so `PyYAML`, `pyyaml` and `opencv_python` compare equal to their dist names."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_pins(text: str) -> dict[str, str]:
+    """`name==version` lines of a pip constraints file; comments, markers and other specifiers ignored."""
+    pins: dict[str, str] = {}
+    for line in text.splitlines():
+        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line.split("#", 1)[0])
+        if match:
+            pins[normalize_name(match.group(1))] = match.group(2)
+    return pins
+
+
+def read_version_window(init_source: str, package: str) -> tuple[str, str] | None:
+    """The [min, max) window mmdet's __init__ asserts for `package`, read from its text, not by importing."""
+    found = [re.search(rf"{package}_{bound}_version\s*=\s*['\"]([^'\"]+)['\"]", init_source)
+             for bound in ("minimum", "maximum")]
+    return (found[0].group(1), found[1].group(1)) if found[0] and found[1] else None
+
+
+def parse_java_major(version_output: str) -> int | None:
+    """Major version from `java -version`: 'version "17.0.15"' -> 17, legacy 'version "1.8.0_292"' -> 8."""
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', version_output)
+    if not match:
+        return None
+    first = int(match.group(1))
+    return int(match.group(2) or 0) if first == 1 else first
+
+
+def describe(exc: BaseException) -> str:
+    """One short line for an exception (C-extension import errors can be pages long)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+
+
+def dist_version(*names: str) -> str | None:
+    """Installed version of the first distribution found among `names`, without importing it."""
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+# --- probes: each fills `out` and may raise; gather_facts records the failure ------------------------------
+
+
+def probe_torch(out: Facts) -> None:
+    """torch version, its CUDA build and the GPU it can use."""
+    import torch
+
+    out.update(torch_version=torch.__version__, torch_cuda=torch.version.cuda,
+               cuda_available=torch.cuda.is_available())
+    if out["cuda_available"]:
+        major, minor = torch.cuda.get_device_capability(0)
+        out.update(cuda_device=torch.cuda.get_device_name(0), cuda_capability=f"{major}.{minor}",
+                   torch_arch_list=tuple(torch.cuda.get_arch_list()))
+
+
+def probe_gpu_driver(out: Facts) -> None:
+    """The GPU the NVIDIA driver sees, so a CPU-only torch on a GPU machine can be reported."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        proc = subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
+        first = proc.stdout.strip().splitlines()[:1]
+        out["driver_gpu"] = first[0].replace(", ", " driver ") if proc.returncode == 0 and first else None
+
+
+def _run_nms(device: str) -> str | None:
+    """Run mmcv's compiled nms on two boxes: an import alone does not prove the .so matches this torch."""
+    import torch
+    from mmcv.ops import nms
+
+    try:
+        boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0]], device=device)
+        _, keep = nms(boxes, torch.tensor([0.9, 0.8], device=device), 0.5)
+        return None if keep.tolist() == [0] else f"nms kept {keep.tolist()}, expected [0]"
+    except Exception as exc:  # the point of the probe is to report this
+        return describe(exc)
+
+
+def probe_mmcv(out: Facts) -> None:
+    """mmcv version, mmcv vs mmcv-lite, and whether its compiled ops import and run (CPU, then GPU)."""
+    out["mmcv_dist"] = "mmcv" if dist_version("mmcv", "mmcv-full") else "mmcv-lite" if dist_version(
+        "mmcv-lite") else None
+    import mmcv
+
+    out["mmcv_version"] = mmcv.__version__
+    try:
+        importlib.import_module("mmcv._ext")
+        from mmcv.ops import get_compiler_version, get_compiling_cuda_version
+    except Exception as exc:  # mmcv-lite, or a .so built against another torch ("undefined symbol")
+        out["mmcv_ops_import_error"] = describe(exc)
+        return
+    compiled_cuda = get_compiling_cuda_version()
+    out.update(mmcv_cuda=None if compiled_cuda == "not available" else compiled_cuda,
+               mmcv_compiler=get_compiler_version(), mmcv_ops_run_error=_run_nms("cpu"))
+    out["mmcv_ops_ok"] = out["mmcv_ops_run_error"] is None
+    if out.get("cuda_available") and out["mmcv_cuda"]:
+        out["mmcv_gpu_run_error"] = _run_nms("cuda")
+
+
+def probe_mmdet(out: Facts) -> None:
+    """mmdet version, the mmcv/mmengine windows its __init__ asserts (read as text), then a guarded import."""
+    out.update(mmdet_version=dist_version("mmdet"), mmengine_version=dist_version("mmengine"))
+    spec = importlib.util.find_spec("mmdet")
+    if spec is None or spec.origin is None:
+        return
+    source = Path(spec.origin).read_text(encoding="utf-8")
+    out.update(mmdet_mmcv_window=read_version_window(source, "mmcv"),
+               mmdet_mmengine_window=read_version_window(source, "mmengine"))
+    try:
+        importlib.import_module("mmdet")
+    except Exception as exc:  # mmdet asserts its windows at import time
+        out["mmdet_import_error"] = describe(exc)
+
+
+def probe_packages(out: Facts) -> None:
+    """numpy, opencv (really imported: an ABI mismatch with numpy shows up here), TorchServe, the archiver."""
+    out.update(numpy_version=dist_version("numpy"), archiver_version=dist_version("torch-model-archiver"),
+               torchserve_version=dist_version("torchserve"))
+    if out["torchserve_version"] is None and importlib.util.find_spec("ts") is not None:
+        out["torchserve_version"] = importlib.import_module("ts.version").__version__
+    out["opencv_version"] = dist_version("opencv-python", "opencv-python-headless", "opencv-contrib-python",
+                                         "opencv-contrib-python-headless")
+    try:
+        cv2 = importlib.import_module("cv2")
+        # The real import, because a numpy ABI mismatch only shows there; the dist version is more precise.
+        out["opencv_version"] = out["opencv_version"] or cv2.__version__
+    except Exception as exc:
+        out["opencv_import_error"] = describe(exc)
+
+
+def probe_java(out: Facts) -> None:
+    """The java TorchServe will start: $JAVA_HOME/bin/java when JAVA_HOME is set, else `java` on PATH."""
+    java_home = os.environ.get("JAVA_HOME") or None
+    path = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    out["java_home"] = java_home
+    if not path or not os.access(path, os.X_OK):
+        return
+    out["java_path"] = path
+    proc = subprocess.run([path, "-version"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                          check=False)
+    text = proc.stderr or proc.stdout  # `java -version` writes to stderr
+    out.update(java_version=(text.strip().splitlines() or [""])[0], java_major=parse_java_major(text))
+
+
+def probe_pins(out: Facts) -> None:
+    """Pins from requirements/constraints.txt (read now, so the file stays the single source) vs installed."""
+    candidates = (REPO_ROOT / CONSTRAINTS, Path.cwd() / CONSTRAINTS)
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if path is None:
+        return
+    pins = parse_pins(path.read_text(encoding="utf-8"))
+    out.update(constraints_path=str(path), pins=pins, installed={name: dist_version(name) for name in pins})
+
+
+PROBES: tuple[Callable[[Facts], None], ...] = (probe_torch, probe_gpu_driver, probe_mmcv, probe_mmdet,
+                                               probe_packages, probe_java, probe_pins)
+
+
+def gather_facts() -> StackFacts:
+    """Run every probe; a probe that raises leaves its fields empty and its reason in `errors`."""
+    out: Facts = {"python_version": platform.python_version()}
+    errors: dict[str, str] = {}
+    for probe in PROBES:
+        try:
+            probe(out)
+        except Exception as exc:
+            errors[probe.__name__.removeprefix("probe_")] = describe(exc)
+    return StackFacts(**out, errors=errors)
+
+
+# --- output ----------------------------------------------------------------------------------------------
+
+
+def _finding_text(label: str, finding: Finding) -> str:
+    """One finding, wrapped to the terminal-friendly width; the fix stays on one line so it can be copied."""
+    text = textwrap.fill(f"[{finding.component}] {finding.what}", width=110, initial_indent=f"{label:<7}",
+                         subsequent_indent=" " * 7, break_long_words=False, break_on_hyphens=False)
+    return text + (f"\n       fix: {finding.fix}" if finding.fix else "")
+
+
+def _or_missing(version: str | None, detail: str = "") -> str:
+    """The version with its detail, or MISSING."""
+    return f"{version}{detail}" if version else "MISSING"
+
+
+def matrix_rows(facts: StackFacts) -> dict[str, str]:
+    """Component -> what is installed, in the order of COMPONENTS."""
+    torch_build = f" (CUDA {facts.torch_cuda})" if facts.torch_cuda else " (CPU build)"
+    gpu = (f"{facts.cuda_device} (sm {facts.cuda_capability})" if facts.cuda_available
+           else f"{facts.driver_gpu} (not usable by torch)" if facts.driver_gpu else "none (CPU serving)")
+    ops_cuda = f"CUDA {facts.mmcv_cuda}" if facts.mmcv_cuda else "CPU-only"
+    ops = (f"nms runs; {ops_cuda}; {facts.mmcv_compiler}" if facts.mmcv_ops_ok
+           else facts.mmcv_ops_import_error or facts.mmcv_ops_run_error or "not verified")
+    wants = f" (wants mmcv>={window[0]},<{window[1]})" if (window := facts.mmdet_mmcv_window) else ""
+    differing = [name for name, pin in facts.pins.items()
+                 if (facts.installed.get(name) or "").split("+", 1)[0] != pin]
+    return {
+        "python": f"{facts.python_version} ({sys.executable})",
+        "torch": _or_missing(facts.torch_version, torch_build),
+        "gpu": gpu,
+        "mmcv": _or_missing(facts.mmcv_version, f" ({facts.mmcv_dist})" if facts.mmcv_dist != "mmcv" else ""),
+        "mmcv ops": ops if facts.mmcv_version else "MISSING",
+        "mmdet": _or_missing(facts.mmdet_version, wants),
+        "mmengine": _or_missing(facts.mmengine_version),
+        "numpy": _or_missing(facts.numpy_version),
+        "opencv": _or_missing(facts.opencv_version),
+        "torchserve": _or_missing(facts.torchserve_version),
+        "torch-model-archiver": _or_missing(facts.archiver_version),
+        "java": f"{facts.java_major} ({facts.java_path})" if facts.java_path else "MISSING",
+        "pins": (f"{len(facts.pins)} in {facts.constraints_path}, {len(differing)} differ"
+                 if facts.pins else "no requirements/constraints.txt: not checked"),
+    }
+
+
+def render_text(facts: StackFacts, findings: list[Finding]) -> str:
+    """The matrix table (component | version | status), then the findings with their fix lines indented."""
+    worst: dict[str, str] = {}
+    for finding in findings:
+        if SEVERITY_RANK[finding.severity] > SEVERITY_RANK[worst.get(finding.component, "ok")]:
+            worst[finding.component] = finding.severity
+    rows = matrix_rows(facts)
+    width = max(len(text) for text in rows.values())
+    lines = [f"{'component':<22} {'version':<{width}}  status", f"{'-' * 22} {'-' * width}  ------"]
+    # Upper case only for problems, so they stand out in a column of "ok".
+    lines += [f"{name:<22} {rows[name]:<{width}}  {worst[name].upper() if name in worst else 'ok'}"
+              for name in COMPONENTS]
+    problems = [finding for finding in findings if finding.severity != "ok"]
+    notes = [finding for finding in findings if finding.severity == "ok"]
+    lines.append("")
+    lines += [_finding_text(finding.severity.upper(), finding) for finding in problems]
+    lines += [_finding_text("note", finding) for finding in notes]
+    errors = sum(finding.severity == "error" for finding in findings)
+    verdict = "the stack can serve" if errors == 0 else "the stack cannot serve"
+    lines.append(f"\n{verdict}: {errors} error(s), {len(problems) - errors} warning(s)")
+    return "\n".join(lines)
+
+
+def render_json(facts: StackFacts, findings: list[Finding]) -> str:
+    """Machine output: the verdict, every fact and every finding."""
+    can_serve = not any(finding.severity == "error" for finding in findings)
+    return json.dumps({"can_serve": can_serve, "facts": asdict(facts),
+                       "findings": [asdict(finding) for finding in findings]}, indent=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Gather facts, run the checks, print; 0 when the stack can serve, 1 when an error finding exists."""
+    parser = argparse.ArgumentParser(prog="python -m codetr_serve.doctor", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    facts = gather_facts()
+    findings = run_checks(facts)
+    print(render_json(facts, findings) if args.json else render_text(facts, findings))
+    return 1 if any(finding.severity == "error" for finding in findings) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

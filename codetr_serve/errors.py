@@ -1,0 +1,257 @@
+"""Domain errors of the serving core, in one module.
+
+Every error a client (or the server) can cause is a subclass of :class:`ServingError` carrying two class
+attributes, in the spirit of KServe's error types:
+
+* ``status``: the HTTP status the front end (TorchServe handler, a test server, a future KServe v2 server)
+  should answer with;
+* ``code``: a stable, machine-readable reason. Clients may branch on it and metrics use it as a label, so a
+  code is never renamed once released (add a new class instead).
+
+The message always says what was wrong *and* how to fix it. :meth:`ServingError.to_dict` gives the JSON
+body ``{"error": {"code", "message", "status"}}``.
+
+The status mapping lives here and only here: the subclasses below are grouped by status, and
+:func:`error_catalog` lists them (the docs and tests read it). Status choices worth knowing:
+
+* ``UndecodableImage`` is 400, not 422: the bytes the client sent are not a valid image, which is invalid
+  input exactly like bad base64; KServe also answers invalid input with 400, and clients rarely treat 422
+  differently from 400.
+* ``PayloadTooLarge`` (bytes on the wire) and ``ImageTooLarge`` (pixels, sides, decompression bombs) are both
+  413 but keep distinct codes, because the fix differs (compress vs. downscale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+__all__ = [
+    "ServingError",
+    "EmptyInput",
+    "MissingImage",
+    "InvalidBase64",
+    "InvalidJSON",
+    "InvalidOption",
+    "UndecodableImage",
+    "ImageTooSmall",
+    "UnsupportedImageFormat",
+    "PayloadTooLarge",
+    "ImageTooLarge",
+    "ModelNotReady",
+    "InferenceFailed",
+    "error_catalog",
+]
+
+
+class ServingError(Exception):
+    """Base class of every error the serving core raises on purpose.
+
+    Subclasses set ``status``, ``code`` and ``default_message``; a caller may pass a more specific
+    ``message``. Extra keyword arguments are kept in ``details`` for logs (they are not sent to clients,
+    since they may hold internal information).
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "serving_error"
+    default_message: ClassVar[str] = (
+        "The server failed to handle the request; retry, and report it if it persists."
+    )
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message: str = message or self.default_message
+        self.details: dict[str, Any] = details
+        super().__init__(self.message)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The JSON error body: ``{"error": {"code": ..., "message": ..., "status": ...}}``."""
+        return {"error": {"code": self.code, "message": self.message, "status": self.status}}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, code={self.code!r}, message={self.message!r})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 400 Bad Request: the client sent something malformed; it must change the request.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class EmptyInput(ServingError):
+    """The request (or the image in it) has no bytes at all."""
+
+    status = 400
+    code = "empty_input"
+    default_message = "The request contains no image data; send the image bytes as the body."
+
+
+class MissingImage(ServingError):
+    """No field of the request holds an image."""
+
+    status = 400
+    code = "missing_image"
+    default_message = (
+        "No image found in the request. Send one of: the raw image bytes as the body; a multipart form file "
+        "field named 'data' (or 'image' / 'file'); or a JSON body {\"image\": \"<base64 or data: URL>\"}. "
+        "With curl, give the raw body a type: curl -H 'Content-Type: image/jpeg' --data-binary @img.jpg "
+        "(without one curl sends a form encoding, which TorchServe parses as form fields)."
+    )
+
+    def __init__(
+        self, message: str | None = None, *, fields_seen: Iterable[str] = (), **details: Any
+    ) -> None:
+        seen = sorted(str(name) for name in fields_seen)
+        if message is None and seen:
+            message = f"{self.default_message} Fields received: {', '.join(seen)}."
+        super().__init__(message, fields_seen=seen, **details)
+
+
+class InvalidBase64(ServingError):
+    """The JSON ``image`` field is not valid base64."""
+
+    status = 400
+    code = "invalid_base64"
+    default_message = (
+        "The 'image' field is not valid base64; encode the image file with standard base64 "
+        "(optionally as a data: URL such as 'data:image/jpeg;base64,...')."
+    )
+
+
+class InvalidJSON(ServingError):
+    """The body looks like (or is declared as) JSON but cannot be parsed or has the wrong shape."""
+
+    status = 400
+    code = "invalid_json"
+    default_message = 'The JSON body is invalid; send an object like {"image": "<base64>"}.'
+
+
+class InvalidOption(ServingError):
+    """A per-request option has a value outside its allowed range or of the wrong type."""
+
+    status = 400
+    code = "invalid_option"
+    default_message = "A request option has an invalid value."
+
+    def __init__(self, option: str, value: Any, allowed: str, message: str | None = None) -> None:
+        self.option = option
+        self.value = value
+        self.allowed = allowed
+        if message is None:
+            message = f"Invalid value {value!r} for option '{option}': expected {allowed}."
+        super().__init__(message, option=option, value=value, allowed=allowed)
+
+
+class UndecodableImage(ServingError):
+    """The bytes claim a supported format but cannot be decoded (truncated or corrupt)."""
+
+    status = 400
+    code = "undecodable_image"
+    default_message = (
+        "The image could not be decoded (truncated or corrupt file); re-encode it and send the complete file."
+    )
+
+
+class ImageTooSmall(ServingError):
+    """The image is smaller than the minimum side the model can work with."""
+
+    status = 400
+    code = "image_too_small"
+    default_message = "The image is too small for detection; send a larger image."
+
+    def __init__(self, width: int, height: int, min_side: int, message: str | None = None) -> None:
+        if message is None:
+            message = (
+                f"The image is {width}x{height} pixels; both sides must be at least {min_side} pixels. "
+                "Send a larger image."
+            )
+        super().__init__(message, width=width, height=height, min_side=min_side)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 413 Content Too Large / 415 Unsupported Media Type
+# ---------------------------------------------------------------------------------------------------------
+
+
+class PayloadTooLarge(ServingError):
+    """The encoded image (bytes on the wire) exceeds the configured limit."""
+
+    status = 413
+    code = "payload_too_large"
+    default_message = "The request is too large; compress the image or reduce its resolution."
+
+    def __init__(self, size_bytes: int, max_bytes: int, message: str | None = None) -> None:
+        if message is None:
+            message = (
+                f"The image is {size_bytes} bytes; the limit is {max_bytes} bytes. "
+                "Compress it (e.g. JPEG) or reduce its resolution."
+            )
+        super().__init__(message, size_bytes=size_bytes, max_bytes=max_bytes)
+
+
+class ImageTooLarge(ServingError):
+    """The image dimensions exceed the limits (also the decompression-bomb guard)."""
+
+    status = 413
+    code = "image_too_large"
+    default_message = "The image dimensions are too large; downscale the image."
+
+    def __init__(self, width: int | None, height: int | None, limit: str, message: str | None = None) -> None:
+        # width/height are None when the header was refused before its size could be read (Pillow's own
+        # decompression-bomb check); ``limit`` then carries the reason.
+        if message is None:
+            size = f"{width}x{height} pixels" if width is not None and height is not None else "too large"
+            message = f"The image is {size}; {limit}. Downscale it before sending."
+        super().__init__(message, width=width, height=height, limit=limit)
+
+
+class UnsupportedImageFormat(ServingError):
+    """The bytes are not an image format the server decodes."""
+
+    status = 415
+    code = "unsupported_image_format"
+    default_message = "The image format is not supported."
+
+    def __init__(
+        self, detected: str | None, supported: Sequence[str] = (), message: str | None = None
+    ) -> None:
+        if message is None:
+            what = f"format {detected}" if detected else "an unrecognised format"
+            accepted = ", ".join(supported) if supported else "a common image format"
+            message = f"The data is {what}; send one of: {accepted}."
+        super().__init__(message, detected=detected, supported=list(supported))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5xx: the server's fault; the client may retry.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ModelNotReady(ServingError):
+    """The model is not loaded (yet, or any more)."""
+
+    status = 503
+    code = "model_not_ready"
+    default_message = "The model is not loaded yet; retry in a few seconds."
+
+
+class InferenceFailed(ServingError):
+    """The model raised while running on a valid input."""
+
+    status = 500
+    code = "inference_failed"
+    default_message = "Inference failed on the server; retry, and report it if it persists."
+
+
+def _all_subclasses(cls: type[ServingError]) -> list[type[ServingError]]:
+    found: list[type[ServingError]] = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+def error_catalog() -> dict[str, int]:
+    """``{code: status}`` for every ServingError subclass defined so far (incl. other modules' ones)."""
+    catalog = {ServingError.code: ServingError.status}
+    for cls in _all_subclasses(ServingError):
+        catalog.setdefault(cls.code, cls.status)
+    return catalog
