@@ -1,7 +1,11 @@
 """Roll a new model version out on a running TorchServe without failing requests.
 
-register the new .mar (workers started synchronously) -> make it the default version (traffic moves)
--> scale it -> unregister the old versions (TorchServe lets their in-flight requests finish first).
+register the new .mar (workers started synchronously) -> make it the default version (new traffic moves)
+-> scale it -> drain each old version -> unregister it.
+
+Draining matters: TorchServe 0.12 drops requests still queued on, or being run by, a version that gets
+unregistered (the client never gets an answer). Its job queue is FIFO, so after the switch we send one probe
+straight to the old version; when the probe is answered, everything queued before it has been answered too.
 Needs the management API with the model API enabled (torchserve --enable-model-api).
 
     python -m codetr_serve.rollout --mar co_detr_v2.mar --model co_detr --workers 1
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -30,8 +35,9 @@ def manifest_version(mar: str, model_store: Path) -> str:
 
 def roll_out(client: TorchServeClient, model: str, mar: str, version: str, workers: int) -> list[str]:
     """Returns the versions that were unregistered."""
-    old = [v for v in client.versions(model) if v != version] if _is_registered(client, model) else []
-    if version not in (client.versions(model) if old or _is_registered(client, model) else []):
+    registered = _registered_versions(client, model)
+    old = [v for v in registered if v != version]
+    if version not in registered:
         print(f"registering {mar} as {model} {version} with {workers} worker(s)", flush=True)
         client.manage("POST", "models", url=mar, model_name=model, initial_workers=workers,
                       synchronous="true")
@@ -39,18 +45,35 @@ def roll_out(client: TorchServeClient, model: str, mar: str, version: str, worke
     print(f"{model} {version} is now the default version", flush=True)
     client.manage("PUT", f"models/{model}/{version}", min_worker=workers, max_worker=workers,
                   synchronous="true")
+    time.sleep(0.5)  # requests routed just before the switch reach their queue first
     for stale in old:
+        drain(client, model, stale)
         client.manage("DELETE", f"models/{model}/{stale}")
         print(f"unregistered {model} {stale}", flush=True)
     return old
 
 
-def _is_registered(client: TorchServeClient, model: str) -> bool:
+def drain(client: TorchServeClient, model: str, version: str) -> None:
+    """Return once every request queued on `version` before this call has been answered."""
+    probe = client.predict(f"{model}/{version}", _probe_image())
+    print(f"drained {model} {version} (probe answered {probe.status_code})", flush=True)
+
+
+def _probe_image() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _registered_versions(client: TorchServeClient, model: str) -> list[str]:
     try:
-        client.versions(model)
-    except RuntimeError:
-        return False
-    return True
+        return client.versions(model)
+    except RuntimeError:  # 404: not registered yet, the first rollout registers it
+        return []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,11 @@ class TorchServeClient:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def predict(self, model: str, image: bytes, **params) -> requests.Response:
-        return requests.post(f"{self.inference_url}/predictions/{model}", data=image, params=params,
-                             headers=self._headers("inference"), timeout=self.timeout_s)
+        """POST raw image bytes to /predictions/<model>; options travel as X- headers (see codec)."""
+        headers = {**self._headers("inference"), "Content-Type": "application/octet-stream"}
+        headers.update({f"X-{name.replace('_', '-').title()}": str(value) for name, value in params.items()})
+        return requests.post(f"{self.inference_url}/predictions/{model}", data=image, headers=headers,
+                             timeout=self.timeout_s)
 
     def manage(self, method: str, path: str, **params) -> requests.Response:
         response = requests.request(method, f"{self.management_url}/{path.lstrip('/')}", params=params,

@@ -82,7 +82,7 @@ class CoDINOHead(BaseModule):
         super().__init__(init_cfg=init_cfg)
         if transformer is None or not as_two_stage or share_pred_layer:
             raise ValueError(
-                "CoDINOHead needs a transformer config, as_two_stage=True and " "share_pred_layer=False"
+                "CoDINOHead needs a transformer config, as_two_stage=True, share_pred_layer=False"
             )
         self.num_classes = num_classes
         self.num_query = num_query

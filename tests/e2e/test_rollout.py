@@ -29,7 +29,11 @@ def test_rollout_under_load_loses_no_request(server):
     def loop() -> None:
         deadline = time.monotonic() + 240
         while not stop.is_set() and time.monotonic() < deadline:
-            response = requests.post(server.predict_url(), data=image, headers=server.auth(), timeout=120)
+            try:
+                response = requests.post(server.predict_url(), data=image, headers=server.auth(), timeout=60)
+            except requests.RequestException as error:  # a lost request must fail the test, not a thread
+                statuses.append(repr(error))
+                continue
             statuses.append(response.status_code)
             if response.status_code == 200:
                 versions.append(response.json()["model"]["version"])
