@@ -36,7 +36,8 @@ def summary(response: dict) -> str:
              f"{response['model']['version']}, {response['image']['width']}x{response['image']['height']})"]
     for d in response["detections"]:
         b = d["box"]
-        lines.append(f"  {d['label']:<20} {d['score']:.3f}  [{b['x1']:.0f}, {b['y1']:.0f}, {b['x2']:.0f}, {b['y2']:.0f}]")
+        corners = ", ".join(f"{b[k]:.0f}" for k in ("x1", "y1", "x2", "y2"))
+        lines.append(f"  {d['label']:<20} {d['score']:.3f}  [{corners}]")
     return "\n".join(lines)
 
 

@@ -21,8 +21,12 @@ from codetr_serve import codec, decode, detections
 from codetr_serve.errors import InferenceFailed, ModelNotReady, ServingError
 from codetr_serve.model_loader import LoadedDetector, build_detector, load_config
 from codetr_serve.pipeline import ImagePreparer, PreparedImage
-from codetr_serve.precision import (configure_cuda, deformable_attention_types, inference_precision,
-                                    keep_in_fp32)
+from codetr_serve.precision import (
+    configure_cuda,
+    deformable_attention_types,
+    inference_precision,
+    keep_in_fp32,
+)
 from codetr_serve.settings import ServingSettings
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ def build_detector(cfg: Config, weights_dir: Path | None, device: str, seed: int
     model.to(device).eval()
     return LoadedDetector(model=model, cfg=cfg, class_names=class_names_for(cfg, meta),
                           max_per_img=_max_per_img(cfg),
-                          pad_size_divisor=int(cfg.model.get("data_preprocessor", {}).get("pad_size_divisor", 1)))
+                          pad_size_divisor=_pad_size_divisor(cfg))
 
 
 def class_names_for(cfg: Config, weights_meta: dict) -> tuple[str, ...]:
@@ -71,6 +71,10 @@ def class_names_for(cfg: Config, weights_meta: dict) -> tuple[str, ...]:
         if classes:
             return tuple(classes)
     return ()
+
+
+def _pad_size_divisor(cfg: Config) -> int:
+    return int(cfg.model.get("data_preprocessor", {}).get("pad_size_divisor", 1))
 
 
 def _max_per_img(cfg: Config) -> int:

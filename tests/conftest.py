@@ -24,7 +24,7 @@ def encode_image(width: int, height: int, fmt: str = "JPEG", seed: int = 0) -> b
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model dir like the one TorchServe unpacks: flattened config + safetensors of seeded random weights."""
+    """A model dir like TorchServe unpacks: flattened config + safetensors of seeded random weights."""
     from codetr_serve.packaging import pack_model_dir
 
     out = tmp_path_factory.mktemp("tiny_model")

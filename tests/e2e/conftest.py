@@ -72,7 +72,8 @@ def write_ts_config(root: Path, ports: dict[str, int]) -> Path:
     text = (REPO / "config" / "config.properties").read_text()
     for api, port in ports.items():
         text = re.sub(rf"^{api}_address=.*$", f"{api}_address=http://127.0.0.1:{port}", text, flags=re.M)
-    text = text.replace("metrics_config=config/metrics.yaml", f"metrics_config={REPO / 'config' / 'metrics.yaml'}")
+    metrics_yaml = REPO / "config" / "metrics.yaml"
+    text = text.replace("metrics_config=config/metrics.yaml", f"metrics_config={metrics_yaml}")
     path = root / "config.properties"
     path.write_text(text)
     return path
@@ -113,9 +114,11 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     command = [str(VENV_BIN / "torchserve"), "--start", "--ncs", "--foreground", "--enable-model-api",
                "--ts-config", str(config), "--model-store", str(store),
                "--models", "co_detr=co_detr.mar", "co_detr_folder=co_detr_folder"]
-    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT)
     client = TorchServeClient(f"http://127.0.0.1:{ports['inference']}",
-                              f"http://127.0.0.1:{ports['management']}", root / "key_file.json", timeout_s=120)
+                              f"http://127.0.0.1:{ports['management']}", root / "key_file.json",
+                              timeout_s=120)
     srv = Server(root, store, client, f"http://127.0.0.1:{ports['metrics']}/metrics", process)
     try:
         wait_until_ready(srv, ["co_detr", "co_detr_folder"])

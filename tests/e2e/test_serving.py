@@ -51,7 +51,8 @@ def test_per_request_options(server):
 
 
 def test_no_archive_folder_serves(server):
-    response = requests.post(server.predict_url("co_detr_folder"), data=JPEG, headers=server.auth(), timeout=60)
+    response = requests.post(server.predict_url("co_detr_folder"), data=JPEG, headers=server.auth(),
+                             timeout=60)
     assert_detections(response, 320, 240)
 
 
@@ -79,7 +80,8 @@ def metric_value(text: str, name: str, model: str = "co_detr") -> float:
 
 def test_concurrent_requests_are_batched(server):
     before = requests.get(server.metrics_url, timeout=30).text
-    images_before, batches_before = metric_value(before, "CoDetrImages"), metric_value(before, "CoDetrBatches")
+    images_before = metric_value(before, "CoDetrImages")
+    batches_before = metric_value(before, "CoDetrBatches")
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(lambda _: _post(server, JPEG), range(8)))
     assert all(r.status_code == 200 for r in responses)
