@@ -250,19 +250,26 @@ def _single_and_batched(head: CoDINOHead) -> tuple[list[InstanceData], list[Inst
     return single, batched
 
 
-def test_batch_of_different_sizes_matches_one_call_per_image(head):
-    single, batched = _single_and_batched(head)
+@pytest.fixture(scope="module")
+def invariant_head() -> CoDINOHead:
+    invariant = build_head()
+    invariant.transformer.decoder.batch_invariant = True
+    return invariant
+
+
+def test_batch_invariant_option_makes_padded_batches_match_single_calls(invariant_head):
+    single, batched = _single_and_batched(invariant_head)
     for alone, in_batch in zip(single, batched, strict=True):
         assert len(alone) == len(in_batch)
         assert_same_detections(alone, in_batch, atol=1e-4)
         assert_same_detections(in_batch, alone, atol=1e-4)
 
 
-def test_upstream_query_position_formula_is_the_same_without_padding_only(head):
-    upstream_formula = build_head()
-    upstream_formula.transformer.decoder.batch_invariant = False
-    single, batched = _single_and_batched(head)
-    single_up, batched_up = _single_and_batched(upstream_formula)
+def test_default_is_the_upstream_formula_which_equals_the_option_without_padding_only(
+        head, invariant_head):
+    assert head.transformer.decoder.batch_invariant is False
+    single, batched = _single_and_batched(invariant_head)
+    single_up, batched_up = _single_and_batched(head)
     for ours, theirs in zip(single, single_up, strict=True):
         assert torch.equal(ours.bboxes, theirs.bboxes) and torch.equal(ours.scores, theirs.scores)
     # The full-size image is unpadded in the batch too; the others are padded, which moves

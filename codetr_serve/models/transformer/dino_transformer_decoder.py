@@ -26,12 +26,13 @@ class DinoTransformerDecoder(TransformerLayerStack):
         transformerlayers: Layer config (``DetrTransformerDecoderLayer``).
         num_layers: Number of layers.
         return_intermediate: Must be True: the query head reads every layer's output.
-        batch_invariant: Where the query position comes from. True (default): the reference box
-            normalised to the image's valid area, so an image's detections do not depend on
-            how much padding its batch adds. False: the box rescaled to the padded level-0 map,
-            the exact upstream formula, under which padding shifts every query position.
-            Both are identical for an unpadded image (``img_shape == batch_input_shape``), which
-            is how the reference runs one image per call.
+        batch_invariant: Where the query position comes from. False (default): the box rescaled
+            to the padded level-0 map, the exact upstream formula. The reference pads even a
+            single image to the size divisor (32), so only this reproduces its detections; the
+            serving core batches only images that share a padded canvas, which keeps batched
+            results equal to single calls under this formula. True: the reference box normalised
+            to the image's valid area, so detections do not depend on how much padding a batch
+            adds, at the price of differing from the reference for every padded image.
         init_cfg: mmengine initialisation config.
     """
 
@@ -40,7 +41,7 @@ class DinoTransformerDecoder(TransformerLayerStack):
         transformerlayers: dict | list[dict],
         num_layers: int,
         return_intermediate: bool = True,
-        batch_invariant: bool = True,
+        batch_invariant: bool = False,
         init_cfg: dict | None = None,
     ) -> None:
         super().__init__(transformerlayers, num_layers, init_cfg=init_cfg)

@@ -1,0 +1,51 @@
+"""Settings: packaged defaults, yaml overrides, validation with messages that say what to fix."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from codetr_serve.settings import SettingsError, build_settings, load_defaults, settings_from_context
+
+
+def test_defaults_come_from_the_packaged_yaml():
+    settings = build_settings(None, model_dir="/m", device="cpu")
+    defaults = load_defaults()
+    assert settings.score_threshold == defaults["score_threshold"]
+    assert settings.max_detections == defaults["max_detections"]
+    assert settings.config_path.as_posix() == "/m/model_config.py"
+    assert settings.weights_path.as_posix() == "/m/weights"
+
+
+def test_overrides_and_random_weights():
+    settings = build_settings({"score_threshold": 0.5, "test_scale": [1333, 800], "weights_dir": ""},
+                              model_dir="/m", device="cpu")
+    assert settings.score_threshold == 0.5
+    assert settings.test_scale == (1333, 800)
+    assert settings.weights_path is None
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"score_treshold": 0.5}, "unknown handler setting"),
+    ({"score_threshold": 1.5}, "score_threshold"),
+    ({"max_detections": 0}, "max_detections"),
+    ({"test_scale": [1333]}, "test_scale"),
+    ({"min_image_side": 0}, "min_image_side"),
+    ({"fp16": True}, "fp16 needs a CUDA device"),
+])
+def test_bad_settings_are_refused_with_a_fix(overrides, words):
+    with pytest.raises(SettingsError, match=words):
+        build_settings(overrides, model_dir="/m", device="cpu")
+
+
+def test_context_is_read_in_one_place():
+    context = SimpleNamespace(
+        system_properties={"model_dir": "/unpacked", "gpu_id": 1},
+        manifest={"model": {"modelName": "co_detr", "modelVersion": "2.0"}},
+        model_yaml_config={"minWorkers": 1, "handler": {"fp16": True, "max_detections": 7}})
+    on_gpu = settings_from_context(context, cuda_available=True)
+    assert (on_gpu.device, on_gpu.fp16, on_gpu.max_detections) == ("cuda:1", True, 7)
+    assert on_gpu.model_version == "2.0"
+    on_cpu = settings_from_context(context, cuda_available=False)
+    assert (on_cpu.device, on_cpu.fp16) == ("cpu", False)  # the same archive serves on a CPU node
