@@ -12,8 +12,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 constraints="$here/requirements/constraints.txt"
 venv=${VENV:-$here/.venv}
-wheel_cache=${WHEEL_CACHE:-$here/.cache/wheels}
 torch_cuda=${TORCH_CUDA:-}
+wheel_cache=${WHEEL_CACHE:-$here/.cache/wheels}
 
 log() { printf '\n==> %s\n' "$*"; }
 pin() { grep -E "^$1==" "$constraints" | head -n1; }
@@ -48,12 +48,21 @@ install_torch() {
 
 mmcv_ops_work() {
   # Runs a real compiled op: an import alone does not prove the .so matches this torch's ABI.
-  "$venv/bin/python" - <<'PY' >/dev/null 2>&1
+  # For a CUDA stack the ops must also have been compiled with CUDA (a CPU-only wheel would load fine).
+  NEED_CUDA=${torch_cuda:+$([ "$torch_cuda" = cpu ] || echo 1)} "$venv/bin/python" - <<'PY' >/dev/null 2>&1
+import os
 import torch
-from mmcv.ops import nms
+from mmcv.ops import get_compiling_cuda_version, nms
 boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.]])
 nms(boxes, torch.tensor([0.9, 0.8]), 0.5)
+if os.environ.get("NEED_CUDA"):
+    assert get_compiling_cuda_version() != "not available", "mmcv ops were compiled without CUDA"
 PY
+}
+
+# CPU and CUDA builds of mmcv share one file name, so each CUDA flavour keeps its wheels in a subfolder.
+cache_for_variant() {
+  if [ -n "$torch_cuda" ] && [ "$torch_cuda" != cpu ]; then echo "$1/$torch_cuda"; else echo "$1"; fi
 }
 
 install_mmcv_from_cache() {
@@ -71,7 +80,7 @@ build_mmcv_from_source() {
   log "building $(pin mmcv) with compiled ops from source (about 21 min on 2 cores)"
   mkdir -p "$wheel_cache" 2>/dev/null || true
   # A read-only cache (e.g. a shared wheelhouse) is still searched, but new builds go to the project's own.
-  [ -w "$wheel_cache" ] || { wheel_cache=$here/.cache/wheels; mkdir -p "$wheel_cache"; }
+  [ -w "$wheel_cache" ] || { wheel_cache=$(cache_for_variant "$here/.cache/wheels"); mkdir -p "$wheel_cache"; }
   local cuda=0; [ -n "$torch_cuda" ] && cuda=1
   MMCV_WITH_OPS=1 FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
     "$venv/bin/python" -m pip wheel --no-build-isolation --no-deps -c "$constraints" \
@@ -90,6 +99,7 @@ install_java() {
   fi
 }
 
+wheel_cache=$(cache_for_variant "$wheel_cache")
 make_venv
 pip_install --upgrade pip
 install_torch
