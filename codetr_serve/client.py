@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
                                 ("max_detections", args.max_detections)) if v is not None}
     client = TorchServeClient(inference_url=args.url, key_file=args.key_file)
     response = client.predict(args.model, image, **params)
-    body = response.json() if response.headers.get("content-type", "").startswith("application/json") \
-        else {"error": {"message": response.text}}
+    try:  # TorchServe does not always label JSON replies as such, so parse rather than trust the header
+        body = response.json()
+    except ValueError:
+        body = {"error": {"message": response.text}}
     if response.status_code != 200:
         print(f"HTTP {response.status_code}: {json.dumps(body)}", file=sys.stderr)
         return 1

@@ -110,3 +110,22 @@ def test_requests_without_token_are_refused(server):
     assert management.json()["type"] == "InvalidKeyException"
     assert requests.get(f"{server.client.management_url}/models", headers=server.auth("management"),
                         timeout=30).status_code == 200
+
+
+def test_cli_client_prints_detections_and_draws_them(server, tmp_path, capsys):
+    from PIL import Image
+
+    from codetr_serve.client import main
+
+    image, drawing = tmp_path / "photo.jpg", tmp_path / "boxes.png"
+    image.write_bytes(JPEG)
+    key_file = str(server.root / "key_file.json")
+    code = main([str(image), "--url", server.client.inference_url, "--key-file", key_file,
+                 "--max-detections", "4", "--draw", str(drawing)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("4 detections (co_detr ")
+    with Image.open(drawing) as drawn:
+        assert drawn.size == (320, 240)
+        assert drawn.tobytes() != Image.open(image).convert("RGB").tobytes()  # boxes were drawn
+    assert main([str(image), "--url", server.client.inference_url, "--key-file", str(tmp_path / "none")]) == 1
