@@ -53,3 +53,11 @@ serve: archive  ## start TorchServe in the foreground on the model store (Ctrl-C
 
 stop:  ## stop a TorchServe started with `make serve`
 	$(VENV)/bin/torchserve --stop
+
+# ---- benchmarks ------------------------------------------------------------------------------------------
+# Sweeps (batch x delay x workers x threads), in-process ceiling, mmdet-style baseline, Swin-L cold start.
+# Writes bench/results/<timestamp>/report.md (+ CSV, JSON, PNG); see docs/tuning.md. ~15 min on 2 CPU cores.
+BENCH_ARGS ?=
+.PHONY: bench
+bench:  ## benchmark TorchServe serving on loopback and write bench/results/<timestamp>/report.md
+	$(PY) -m bench.run $(BENCH_ARGS)

@@ -119,6 +119,9 @@ def settings_from_context(context: Any, cuda_available: bool) -> ServingSettings
     if not cuda_available:
         # The same archive must serve on a CPU node: CUDA-only switches are ignored there.
         handler_section = {**handler_section, "fp16": False}
+    # The registered name (what clients call) can differ from the archive's own (rollouts register
+    # co_detr_v2.mar as co_detr), so the context's name wins over the manifest's.
+    name = getattr(context, "model_name", None) or model.get("modelName", "co_detr")
     return build_settings(handler_section, model_dir=properties["model_dir"], device=device,
-                          model_name=model.get("modelName", "co_detr"),
+                          model_name=name,
                           model_version=model.get("modelVersion", "1.0"))

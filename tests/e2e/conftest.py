@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from codetr_serve.local_torchserve import free_ports, write_ts_config
 from codetr_serve.torchserve_api import TorchServeClient, read_keys
 from tests.conftest import REPO, TINY_CONFIG
 
@@ -31,12 +30,6 @@ handler:
   score_threshold: 0.0
   warmup_runs: 1
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_archive(*args: str) -> subprocess.CompletedProcess:
@@ -65,18 +58,6 @@ class Server:
     def log_text(self) -> str:
         logs = self.root / "logs"
         return "".join(p.read_text(errors="replace") for p in logs.glob("*.log")) if logs.exists() else ""
-
-
-def write_ts_config(root: Path, ports: dict[str, int]) -> Path:
-    """Our config.properties with the test's own ports and absolute paths."""
-    text = (REPO / "config" / "config.properties").read_text()
-    for api, port in ports.items():
-        text = re.sub(rf"^{api}_address=.*$", f"{api}_address=http://127.0.0.1:{port}", text, flags=re.M)
-    metrics_yaml = REPO / "config" / "metrics.yaml"
-    text = text.replace("metrics_config=config/metrics.yaml", f"metrics_config={metrics_yaml}")
-    path = root / "config.properties"
-    path.write_text(text)
-    return path
 
 
 def wait_until_ready(server: Server, models: list[str], deadline_s: float = 300) -> None:
@@ -108,7 +89,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         built = run_archive("--config", str(TINY_CONFIG), "--out", str(store), "--name", name,
                             "--format", fmt, "--model-config", str(model_config))
         assert built.returncode == 0, built.stderr
-    ports = {"inference": free_port(), "management": free_port(), "metrics": free_port()}
+    ports = free_ports()
     config = write_ts_config(root, ports)
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "TEMP": str(root), "TMPDIR": str(root)}
     command = [str(VENV_BIN / "torchserve"), "--start", "--ncs", "--foreground", "--enable-model-api",

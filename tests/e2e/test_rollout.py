@@ -23,7 +23,7 @@ def test_rollout_under_load_loses_no_request(server):
     old_versions = server.client.versions("co_detr")
     assert new_version not in old_versions
 
-    image, statuses, versions = encode_image(160, 120, seed=21), [], []
+    image, statuses, versions, names = encode_image(160, 120, seed=21), [], [], set()
     stop = threading.Event()
 
     def loop() -> None:
@@ -36,7 +36,9 @@ def test_rollout_under_load_loses_no_request(server):
                 continue
             statuses.append(response.status_code)
             if response.status_code == 200:
-                versions.append(response.json()["model"]["version"])
+                model = response.json()["model"]
+                names.add(model["name"])
+                versions.append(model["version"])
 
     workers = [threading.Thread(target=loop) for _ in range(2)]
     for worker in workers:
@@ -52,3 +54,4 @@ def test_rollout_under_load_loses_no_request(server):
     assert server.client.versions("co_detr") == [new_version]
     assert statuses and set(statuses) == {200}, f"failed requests during rollout: {statuses}"
     assert versions[-1] == new_version and versions[0] in old_versions
+    assert names == {"co_detr"}  # the registered name, not the archive's co_detr_v2

@@ -41,11 +41,12 @@ def test_bad_settings_are_refused_with_a_fix(overrides, words):
 
 def test_context_is_read_in_one_place():
     context = SimpleNamespace(
+        model_name="co_detr",
         system_properties={"model_dir": "/unpacked", "gpu_id": 1},
-        manifest={"model": {"modelName": "co_detr", "modelVersion": "2.0"}},
+        manifest={"model": {"modelName": "co_detr_v2", "modelVersion": "2.0"}},
         model_yaml_config={"minWorkers": 1, "handler": {"fp16": True, "max_detections": 7}})
     on_gpu = settings_from_context(context, cuda_available=True)
     assert (on_gpu.device, on_gpu.fp16, on_gpu.max_detections) == ("cuda:1", True, 7)
-    assert on_gpu.model_version == "2.0"
+    assert (on_gpu.model_name, on_gpu.model_version) == ("co_detr", "2.0")  # registered name wins
     on_cpu = settings_from_context(context, cuda_available=False)
     assert (on_cpu.device, on_cpu.fp16) == ("cpu", False)  # the same archive serves on a CPU node

@@ -1,0 +1,150 @@
+"""Run one model's plan: in-process ceiling, then each serving config under each load phase."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+
+from bench import metrics_parse, stats
+from bench.loadgen import TOKEN_ENV
+from bench.plan import ModelPlan, Phase
+from bench.server import REPO, Sampler, TorchServe
+from bench.variants import ServeConfig, make_variant
+
+
+@dataclass
+class Row:
+    """One (model, config, phase) measurement: a line of the CSV and of the markdown tables."""
+
+    model: str
+    config: str
+    handler: str
+    batch_size: int
+    max_batch_delay: int
+    workers: int
+    threads: int
+    mode: str
+    concurrency: int
+    rate: float
+    requests: int
+    errors: int
+    throughput: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_batch: float
+    batch_hist: str
+    forward_ms: float  # mean CoDetrInferenceMs (one batched forward, server side); NaN for the baseline
+    worker_cpu_pct: float
+    frontend_cpu_pct: float
+    worker_rss_mb: float
+    ready_s: float
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def run_module(args: list[str], timeout_s: float, env: dict[str, str] | None = None) -> None:
+    """`python -m <args>` from the repository root (extra `env` on top of ours), failing loudly."""
+    done = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout_s, env={**os.environ, **(env or {})})
+    if done.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def ceiling(plan: ModelPlan, model_dir: Path, batch: int, threads: int, image: Path, out: Path) -> dict:
+    """In-process images/s at `batch` (bench.inprocess in its own process, same threads as a worker)."""
+    batches = max(2, plan.ceiling_images // batch)
+    run_module(["bench.inprocess", "--model-dir", str(model_dir), "--handler", json.dumps(plan.handler),
+                "--batch", str(batch), "--batches", str(batches), "--max-seconds", str(plan.ceiling_seconds),
+                "--threads", str(threads), "--image", str(image), "--out", str(out)],
+               timeout_s=plan.ceiling_seconds * 3 + 300,
+               env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})  # as a worker gets
+    return json.loads(out.read_text())
+
+
+def drive(server: TorchServe, name: str, phase: Phase, capacity: float, image: Path, out: Path) -> dict:
+    """Run bench.loadgen (a separate process) for one phase; returns its JSON."""
+    mode_args = (["--concurrency", str(phase.concurrency)] if phase.mode == "closed"
+                 else ["--rate", f"{max(phase.rate_factor * capacity, 0.01):.4f}"])
+    run_module(["bench.loadgen", "--url", server.url("inference", f"predictions/{name}"),
+                "--image", str(image), "--mode", phase.mode, *mode_args, "--max-requests",
+                str(phase.max_requests), "--max-seconds", str(phase.max_seconds), "--out", str(out)],
+               timeout_s=phase.max_seconds + 700, env={TOKEN_ENV: server.key()})
+    return json.loads(out.read_text())
+
+
+def warm(server: TorchServe, name: str, image: Path) -> None:
+    """One request before measuring, so lazy first-call costs are not in any phase."""
+    headers = {"Authorization": f"Bearer {server.key()}", "Content-Type": "image/jpeg"}
+    response = requests.post(server.url("inference", f"predictions/{name}"), data=image.read_bytes(),
+                             headers=headers, timeout=600)
+    if response.status_code != 200:
+        raise RuntimeError(f"warm-up request failed: {response.status_code} {response.text[:500]}")
+
+
+def metric_log(server: TorchServe) -> str:
+    """Where TorchServe logs `[METRICS]` lines: model_metrics.log (log mode) or ts_log.log (Prometheus)."""
+    return server.log_text("model_metrics.log") or server.log_text("ts_log.log")
+
+
+def server_batches(server: TorchServe, before: tuple[str, int], after_text: str) -> tuple[float, str, float]:
+    """Mean batch (CoDetrImages/CoDetrBatches deltas), CoDetrBatchSize histogram and mean forward ms (log)."""
+    images = (metrics_parse.prometheus_values(after_text, "CoDetrImages")
+              - metrics_parse.prometheus_values(before[0], "CoDetrImages"))
+    batches = (metrics_parse.prometheus_values(after_text, "CoDetrBatches")
+               - metrics_parse.prometheus_values(before[0], "CoDetrBatches"))
+    lines = metric_log(server)[before[1]:].splitlines()
+    histogram = metrics_parse.batch_histogram(metrics_parse.log_metric_values(lines, "CoDetrBatchSize"))
+    forward_ms = _mean(metrics_parse.log_metric_values(lines, "CoDetrInferenceMs"))
+    return metrics_parse.mean_batch(images, batches), metrics_parse.format_histogram(histogram), forward_ms
+
+
+def measure_phase(server: TorchServe, plan: ModelPlan, cfg: ServeConfig, phase: Phase, capacity: float,
+                  image: Path, out: Path, ready_s: float) -> Row:
+    """One phase against a running server: client latencies, server batches, worker CPU/RSS."""
+    before = (server.metrics_text(), len(metric_log(server)))
+    with Sampler(server.process.pid) as sampler:
+        result = drive(server, cfg.name, phase, capacity, image, out)
+    latencies = [r["latency_ms"] for r in result["records"] if r["status"] == 200]
+    errors = sum(1 for r in result["records"] if r["status"] != 200)
+    summary = stats.summarize(latencies, errors, result["duration_s"])
+    mean_batch, hist, forward_ms = server_batches(server, before, server.metrics_text())
+    s = sampler.sample
+    return Row(plan.name, cfg.name, "baseline" if cfg.baseline else "ours", cfg.batch_size,
+               cfg.max_batch_delay, cfg.workers, cfg.threads, phase.mode, phase.concurrency,
+               round(result["rate"], 3), summary.requests, errors, summary.throughput, summary.p50_ms,
+               summary.p95_ms, summary.p99_ms, mean_batch, hist, forward_ms, _mean(s.cpu_percent),
+               _mean(s.frontend_cpu_percent), max(s.rss_mb, default=math.nan), ready_s)
+
+
+def run_config(plan: ModelPlan, cfg: ServeConfig, base: Path, work: Path, image: Path,
+               capacity: float) -> list[Row]:
+    """Serve `cfg` on a fresh TorchServe and run every phase against it."""
+    store = work / "store"
+    make_variant(base, store / cfg.name, cfg.model_config(plan.handler), baseline=cfg.baseline)
+    rows = []
+    with TorchServe(work / f"ts-{cfg.name}", store, {cfg.name: cfg.name}, threads=cfg.threads) as server:
+        ready_s = server.wait_ready(deadline_s=600)
+        warm(server, cfg.name, image)
+        for index, phase in enumerate(plan.phases):
+            out = work / f"load-{cfg.name}-{index}.json"
+            row = measure_phase(server, plan, cfg, phase, capacity, image, out, ready_s)
+            print(f"  {plan.name}/{cfg.name} {phase.mode} c={row.concurrency} rate={row.rate}: "
+                  f"{row.throughput:.2f}/s p50 {row.p50_ms:.0f} ms batch {row.mean_batch:.2f} "
+                  f"errors {row.errors}", flush=True)
+            rows.append(row)
+    return rows
+
+
+def rows_as_dicts(rows: list[Row]) -> list[dict]:
+    """Rows as plain dicts (CSV, JSON, report)."""
+    return [asdict(row) for row in rows]
