@@ -14,25 +14,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+from codetr_serve.checkpoint import file_sha256
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = Path(__file__).resolve().parent
 HANDLER = REPO / "handler" / "co_detr_handler.py"
 STAMP_SUFFIX = ".inputs-sha256"
-CHUNK = 8 << 20
 
 
-def file_sha256(path: Path, progress_label: str | None = None) -> str:
-    """sha256 of a file, printing progress for multi-GB checkpoints."""
-    digest, size, done, shown = hashlib.sha256(), path.stat().st_size, 0, -1
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-            done += len(chunk)
-            percent = done * 100 // max(size, 1)
-            if progress_label and size > 256 << 20 and percent // 10 != shown:
-                shown = percent // 10
-                print(f"  {progress_label}: {percent}% of {size / 2**20:.0f} MiB", flush=True)
-    return digest.hexdigest()
+def _progress_printer(label: str):
+    """Prints every 10 % of files over 256 MiB, so multi-GB checkpoints show they are moving."""
+    shown = [-1]
+
+    def report(done: int, total: int) -> None:
+        tenth = done * 10 // max(total, 1)
+        if total > 256 << 20 and tenth != shown[0]:
+            shown[0] = tenth
+            print(f"  {label}: {tenth * 10}% of {total / 2**20:.0f} MiB", flush=True)
+    return report
 
 
 def package_files() -> list[Path]:
@@ -45,7 +44,8 @@ def inputs_digest(config: Path, checkpoint: Path | None, model_config: Path, see
 
     digest = hashlib.sha256()
     digest.update(load_config(config).pretty_text.encode())  # the flattened config, bases included
-    digest.update(file_sha256(checkpoint, "hashing checkpoint").encode() if checkpoint
+    digest.update(file_sha256(checkpoint, progress=_progress_printer("hashing checkpoint")).encode()
+                  if checkpoint
                   else f"random:{seed}".encode())
     for path in [HANDLER, model_config, *package_files()]:
         digest.update(str(path.relative_to(REPO) if path.is_relative_to(REPO) else path.name).encode())

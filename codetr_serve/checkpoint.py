@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,12 +55,19 @@ class Checkpoint:
     source: Path | None = field(default=None, compare=False)
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks so multi-GB checkpoints don't need the memory."""
-    digest = hashlib.sha256()
+def file_sha256(path: Path, chunk: int = 1 << 22,
+                progress: Callable[[int, int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks so multi-GB checkpoints don't need the memory.
+
+    ``progress(bytes_done, bytes_total)`` is called after each chunk when given.
+    """
+    digest, total, done = hashlib.sha256(), Path(path).stat().st_size, 0
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
+            done += len(block)
+            if progress is not None:
+                progress(done, total)
     return digest.hexdigest()
 
 

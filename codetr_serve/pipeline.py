@@ -15,9 +15,10 @@ import torch
 from mmcv.transforms import Compose
 from mmengine.config import Config
 
+from codetr_serve.models.test_scale import apply_test_scale
+
 # Steps that read files or ground truth: meaningless for an image that arrives in a request.
 _SKIPPED_STEPS = {"LoadImageFromFile", "LoadAnnotations", "LoadPanopticAnnotations"}
-_RESIZE_STEPS = {"Resize", "FixScaleResize"}
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,13 @@ def _step_type(step: dict) -> str:
 
 def serving_pipeline(cfg: Config, test_scale: tuple[int, int] | None = None) -> list[dict]:
     """The config's test pipeline with in-memory loading, no annotations and an optional scale override."""
+    if test_scale is not None:
+        cfg = apply_test_scale(copy.deepcopy(cfg), test_scale)  # the one place that rewrites Resize steps
     source = cfg.get("test_dataloader", {}).get("dataset", {}).get("pipeline") or cfg.get("test_pipeline")
     if not source:
         raise ValueError("the model config has no test pipeline (test_dataloader.dataset.pipeline or "
                          "test_pipeline): add one with Resize and PackDetInputs steps")
     steps = [copy.deepcopy(dict(step)) for step in source if _step_type(step) not in _SKIPPED_STEPS]
-    if test_scale is not None:
-        resizes = [step for step in steps if _step_type(step) in _RESIZE_STEPS]
-        if not resizes:
-            raise ValueError("test_scale is set but the config's test pipeline has no Resize step")
-        for step in resizes:
-            step["scale"] = tuple(test_scale)
     return [dict(type="mmdet.LoadImageFromNDArray"), *steps]
 
 
