@@ -28,6 +28,8 @@ class MMDetStyleBaselineHandler(BaseHandler):
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
         section = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
+        if section.get("torch_threads"):
+            torch.set_num_threads(int(section["torch_threads"]))  # same threads as our handler gets
         cfg = load_config(model_dir / "model_config.py")
         if section.get("test_scale"):
             apply_test_scale(cfg, section["test_scale"])

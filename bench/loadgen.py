@@ -2,6 +2,10 @@
 
     python -m bench.loadgen --url http://127.0.0.1:PORT/predictions/m --image x.jpg --mode closed \
         --concurrency 8 --max-requests 64 --max-seconds 20 --out result.json
+    python -m bench.loadgen --url URL_A --url URL_B --image x.jpg --mode alternate --max-requests 20 ...
+
+`alternate` sends one request at a time to the given URLs in the order A B B A A B B A ..., so two models
+served side by side see the same machine: a drift in speed lands on both, and the order evens out.
 
 Latency of an open-loop request counts from its scheduled send time, so a server that falls behind is
 charged for the queueing it causes (no coordinated omission). Every loop is bounded in count and time.
@@ -27,11 +31,12 @@ TOKEN_ENV = "CODETR_BENCH_TOKEN"  # the inference key travels in the environment
 
 @dataclass
 class Record:
-    """One request: when it was due (s since phase start), its latency, and its HTTP status (0: failed)."""
+    """One request: when it was due (s since phase start), latency, HTTP status (0: failed), which URL."""
 
     due_s: float
     latency_ms: float
     status: int
+    target: int = 0
 
 
 @dataclass
@@ -55,14 +60,33 @@ class PhaseResult:
     records: list[Record] = field(default_factory=list)
 
 
-def send(session: requests.Session, target: Target, due: float, origin: float) -> Record:
+def send(session: requests.Session, target: Target, due: float, origin: float, index: int = 0) -> Record:
     """POST the image once; latency from `due` (a perf_counter time) to the end of the response."""
     try:
         status = session.post(target.url, data=target.body, headers=target.headers,
                               timeout=target.timeout_s).status_code
     except requests.RequestException:
         status = 0
-    return Record(due - origin, (time.perf_counter() - due) * 1000.0, status)
+    return Record(due - origin, (time.perf_counter() - due) * 1000.0, status, index)
+
+
+def abba_order(count: int, targets: int = 2) -> list[int]:
+    """Target index of each of `count` requests: 0 1 1 0 0 1 1 0 ... (two targets), round-robin otherwise."""
+    if targets == 2:
+        return [(index + 1) // 2 % 2 for index in range(count)]
+    return [index % targets for index in range(count)]
+
+
+def alternate_loop(targets: list[Target], max_requests: int, max_seconds: float) -> PhaseResult:
+    """One request at a time, alternating between `targets` (see `abba_order`), bounded in count and time."""
+    records: list[Record] = []
+    origin = time.perf_counter()
+    with requests.Session() as session:
+        for index in abba_order(max_requests, len(targets)):
+            if time.perf_counter() - origin >= max_seconds:
+                break
+            records.append(send(session, targets[index], time.perf_counter(), origin, index))
+    return PhaseResult("alternate", 1, 0.0, time.perf_counter() - origin, records)
 
 
 def closed_loop(target: Target, concurrency: int, max_requests: int, max_seconds: float) -> PhaseResult:
@@ -123,11 +147,11 @@ def check_loopback(url: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", required=True, action="append", help="repeat for --mode alternate")
     parser.add_argument("--image", type=Path, required=True)
     parser.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""),
                         help=f"inference key (Authorization: Bearer); default ${TOKEN_ENV}")
-    parser.add_argument("--mode", choices=("closed", "open"), default="closed")
+    parser.add_argument("--mode", choices=("closed", "open", "alternate"), default="closed")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--rate", type=float, default=1.0, help="open loop: requests per second")
     parser.add_argument("--max-requests", type=int, default=100)
@@ -140,15 +164,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run one phase against a loopback URL and write its records as JSON."""
     args = parse_args(argv)
-    check_loopback(args.url)
+    for url in args.url:
+        check_loopback(url)
     headers = {"Content-Type": "image/jpeg"}
     if args.token:
         headers["Authorization"] = f"Bearer {args.token}"
-    target = Target(args.url, args.image.read_bytes(), headers, args.timeout)
-    if args.mode == "closed":
-        result = closed_loop(target, args.concurrency, args.max_requests, args.max_seconds)
+    body = args.image.read_bytes()
+    targets = [Target(url, body, headers, args.timeout) for url in args.url]
+    if args.mode == "alternate":
+        result = alternate_loop(targets, args.max_requests, args.max_seconds)
+    elif args.mode == "closed":
+        result = closed_loop(targets[0], args.concurrency, args.max_requests, args.max_seconds)
     else:
-        result = open_loop(target, args.rate, args.max_requests, args.max_seconds)
+        result = open_loop(targets[0], args.rate, args.max_requests, args.max_seconds)
     args.out.write_text(json.dumps(asdict(result)))
     return 0
 

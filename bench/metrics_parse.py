@@ -32,8 +32,8 @@ def _labels_match(raw: str, wanted: Mapping[str, str]) -> bool:
     return all(found.get(key) == value for key, value in wanted.items())
 
 
-def log_metric_values(lines: Iterable[str], name: str) -> list[float]:
-    """Values of `[METRICS]<name>` lines, in order, each emitted point once.
+def log_metric_values(lines: Iterable[str], name: str, model: str | None = None) -> list[float]:
+    """Values of `[METRICS]<name>` lines (of one model's workers, if given), in order, each point once.
 
     With metrics_mode=log they are in model_metrics.log; in Prometheus mode TorchServe 0.12 echoes them
     (twice per point) in ts_log.log. A point ends with its request ids, so identical text is one point.
@@ -42,6 +42,8 @@ def log_metric_values(lines: Iterable[str], name: str) -> list[float]:
     for line in lines:
         match = _LOG_METRIC.search(line)
         if not match or match["name"] != name:
+            continue
+        if model is not None and f"ModelName:{model}," not in line:
             continue
         point = line[match.start():].split(", pattern=")[0].strip()
         if point not in seen:

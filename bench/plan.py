@@ -8,7 +8,7 @@ The same plan runs on a GPU machine unchanged (the handler picks CUDA when Torch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.variants import ServeConfig
@@ -29,6 +29,19 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class PairedPlan:
+    """The alternating rounds behind the headline ratios (bench/paired.py): sizes of each short phase."""
+
+    rounds: int
+    ceiling_batches: int  # in-process batches of the tuned batch size per round
+    loaded_requests: int  # requests per closed-loop phase at `concurrency`
+    loaded_seconds: float
+    light_requests: int  # concurrency-1 requests per round, tuned and batch-1 alternating
+    light_seconds: float
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
 class ModelPlan:
     """A model, its handler settings, the configs to serve it with and the load to put on each."""
 
@@ -40,9 +53,9 @@ class ModelPlan:
     bs1: str  # config name of our handler at batch_size 1
     tuned: str  # config name of our handler at the tuned setting
     baseline: str  # config name of the mmdet-style baseline
-    ceiling_images: int = 8  # images per in-process measurement (at least two batches)
+    paired: PairedPlan
+    ceiling_images: int = 8  # images of the one-shot batch-1 in-process measurement (the open loop's base)
     ceiling_seconds: float = 60.0
-    extra_ceiling_batches: tuple[int, ...] = field(default_factory=tuple)
 
 
 def _phases(seconds: float, requests: int, open_factors: tuple[float, ...]) -> tuple[Phase, ...]:
@@ -67,8 +80,11 @@ def tiny_plan(scale: float = 1.0) -> ModelPlan:
     return ModelPlan("tiny", REPO / "config" / "co_dino_tiny.py",
                      {"test_scale": [320, 192], "warmup_runs": 1, "score_threshold": 0.3}, configs,
                      _phases(4.0 * scale, 400, (0.5,)), bs1="bs1_d0_w1_t1", tuned="bs4_d5_w1_t1",
-                     baseline="baseline_bs4_d5_w1_t1", ceiling_images=80, ceiling_seconds=12.0 * scale,
-                     extra_ceiling_batches=(1,))
+                     baseline="baseline_bs4_d5_w1_t1",
+                     paired=PairedPlan(rounds=6, ceiling_batches=8, loaded_requests=32,
+                                       loaded_seconds=8.0 * scale, light_requests=16,
+                                       light_seconds=8.0 * scale),
+                     ceiling_images=40, ceiling_seconds=8.0 * scale)
 
 
 def r50_plan(scale: float = 1.0) -> ModelPlan:
@@ -78,14 +94,17 @@ def r50_plan(scale: float = 1.0) -> ModelPlan:
         ServeConfig("bs4_d20_w1_t1", 4, 20, 1, 1),
         ServeConfig("baseline_bs4_d20_w1_t1", 4, 20, 1, 1, baseline=True),
     )
-    phases = (Phase("closed", concurrency=1, max_requests=3, max_seconds=20 * scale),
-              Phase("closed", concurrency=4, max_requests=6, max_seconds=30 * scale),
-              Phase("closed", concurrency=8, max_requests=10, max_seconds=45 * scale),
+    # Concurrency 1 and 8 come from the paired rounds (every config the ratios need); the sweep adds the
+    # loads in between, within the time budget (one R50 image is ~3.5 s on a CPU core).
+    phases = (Phase("closed", concurrency=4, max_requests=8, max_seconds=30 * scale),
               Phase("open", rate_factor=0.5, max_requests=3, max_seconds=20 * scale))
     return ModelPlan("r50_small", REPO / "config" / "serve_co_dino_r50.py",
                      {"test_scale": [320, 192], "warmup_runs": 1, "score_threshold": 0.3}, configs, phases,
                      bs1="bs1_d0_w1_t1", tuned="bs4_d20_w1_t1", baseline="baseline_bs4_d20_w1_t1",
-                     ceiling_images=6, ceiling_seconds=40.0 * scale, extra_ceiling_batches=(1,))
+                     paired=PairedPlan(rounds=3, ceiling_batches=2, loaded_requests=8,
+                                       loaded_seconds=60.0 * scale, light_requests=4,
+                                       light_seconds=40.0 * scale),
+                     ceiling_images=3, ceiling_seconds=20.0 * scale)
 
 
 def all_plans(scale: float = 1.0, only: list[str] | None = None) -> dict[str, ModelPlan]:

@@ -10,6 +10,8 @@ from typing import Any
 
 from bench import stats
 
+SIDES = ("ceiling", "tuned", "baseline")  # the loaded sides of a paired round (bench/paired.py)
+
 TABLE_COLUMNS = (
     ("config", "config", "{}"), ("handler", "handler", "{}"), ("mode", "load", "{}"),
     ("concurrency", "conc", "{}"), ("rate", "rate/s", "{:.2f}"), ("requests", "n", "{}"),
@@ -18,6 +20,7 @@ TABLE_COLUMNS = (
     ("batch_hist", "batches (size x n)", "{}"), ("forward_ms", "forward ms", "{:.0f}"),
     ("worker_cpu_pct", "worker CPU %", "{:.0f}"),
     ("frontend_cpu_pct", "java CPU %", "{:.0f}"), ("worker_rss_mb", "worker RSS MB", "{:.0f}"),
+    ("source", "measured", "{}"),
 )
 
 
@@ -37,48 +40,37 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns=TABLE_COLUMNS) -> 
     return "\n".join([header, rule, *body])
 
 
-def find(rows: Sequence[Mapping[str, Any]], config: str, mode: str = "closed", concurrency: int = 0) -> dict:
-    """The row of `config` under that load; empty dict when it was not measured."""
-    for row in rows:
-        if row["config"] == config and row["mode"] == mode and (mode != "closed"
-                                                                or row["concurrency"] == concurrency):
-            return dict(row)
-    return {}
-
-
-def headline(rows: Sequence[Mapping[str, Any]], ceilings: Mapping[int, Mapping[str, Any]], tuned: str,
-             bs1: str, baseline: str) -> list[stats.Verdict]:
-    """The three ratios of issue 6, each from rows measured in the same run."""
-    tuned8, base8 = find(rows, tuned, concurrency=8), find(rows, baseline, concurrency=8)
-    tuned1, bs1_1 = find(rows, tuned, concurrency=1), find(rows, bs1, concurrency=1)
-    batch = tuned8.get("batch_size", 0)
-    ceiling = ceilings.get(batch, {}).get("images_per_s", math.nan)
-    nan = math.nan
-    return [
-        stats.check("serving efficiency (TorchServe c=8 / in-process, same batch)",
-                    stats.ratio(tuned8.get("throughput", nan), ceiling), ">= 0.95"),
-        stats.check("ours (tuned) vs mmdet-style baseline, throughput at c=8",
-                    stats.ratio(tuned8.get("throughput", nan), base8.get("throughput", nan)), None),
-        stats.check("low-traffic penalty (c=1 p50, tuned / batch_size 1)",
-                    stats.ratio(tuned1.get("p50_ms", nan), bs1_1.get("p50_ms", nan)), "<= 1.05"),
-    ]
-
-
 def verdict_table(verdicts: Sequence[stats.Verdict]) -> str:
     """Markdown table of the headline ratios; a missed target is bold."""
-    lines = ["| ratio | value | target | met |", "|---|---|---|---|"]
+    lines = ["| ratio | value | per-round range | target | met |", "|---|---|---|---|---|"]
     for v in verdicts:
         met = "-" if v.met is None else ("yes" if v.met else "**no**")
-        lines.append(f"| {v.name} | {fmt(v.value, '{:.3f}')} | {v.target} | {met} |")
+        spread = "-" if v.spread is None else f"{fmt(v.spread[0], '{:.3f}')} - {fmt(v.spread[1], '{:.3f}')}"
+        lines.append(f"| {v.name} | {fmt(v.value, '{:.3f}')} | {spread} | {v.target} | {met} |")
     return "\n".join(lines)
 
 
 def ceiling_table(ceilings: Mapping[int, Mapping[str, Any]]) -> str:
     """Markdown table of the in-process measurements, by batch size."""
-    lines = ["| batch | images/s | ms per batch | threads | device |", "|---|---|---|---|---|"]
+    lines = ["| batch | images/s | ms per batch | threads | device | measured |", "|---|---|---|---|---|---|"]
     for batch, c in sorted(ceilings.items()):
         lines.append(f"| {batch} | {c['images_per_s']:.3f} | {c['ms_per_batch']:.0f} | {c['threads']} | "
-                     f"{c['device']} |")
+                     f"{c['device']} | {c.get('source', 'one-shot')} |")
+    return "\n".join(lines)
+
+
+def rounds_table(rounds: Sequence[Mapping[str, Any]], ratios: Sequence[Mapping[str, float]]) -> str:
+    """One line per paired round: the order, each side's figure and that round's three ratios."""
+    lines = ["| round | order | in-process img/s | tuned c=8 img/s | baseline c=8 img/s | tuned c=1 p50 ms "
+             "(forward) | bs1 c=1 p50 ms (forward) | efficiency | vs baseline | penalty |", "|" + "---|" * 10]
+    for one, ratio in zip(rounds, ratios, strict=True):
+        loaded, light = one["loaded"], one["light"]
+        tput = [stats.ratio(loaded[s]["images"], loaded[s]["seconds"]) for s in SIDES]
+        p50 = [f"{fmt(stats.percentile(light[s], 50), '{:.0f}')} "
+               f"({fmt(light.get(f'{s}_forward_ms'), '{:.0f}')})" for s in ("tuned", "bs1")]
+        cells = [str(one["round"]), " > ".join(one["order"]), *(fmt(v, "{:.3f}") for v in tput), *p50,
+                 *(fmt(ratio[k], "{:.3f}") for k in ("efficiency", "versus_baseline", "penalty"))]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -22,9 +22,9 @@ import torch
 import yaml
 from PIL import Image
 
-from bench import coldstart, plots, render, report
+from bench import coldstart, paired, plots, render, report
 from bench.plan import ModelPlan, all_plans
-from bench.runner import ceiling, rows_as_dicts, run_config
+from bench.runner import ceiling, rows_as_dicts, run_config, serve_all
 from bench.server import REPO
 from bench.variants import run_archive
 
@@ -44,7 +44,7 @@ def test_image(path: Path, width: int = 640, height: int = 360) -> Path:
 
 
 def run_model(plan: ModelPlan, work: Path, image: Path, out: Path) -> str:
-    """Base archive, in-process ceilings, every serving config; returns the report section."""
+    """Base archive, batch-1 ceiling, one server for every config: sweep, then the paired rounds."""
     print(f"== {plan.name}", flush=True)
     mw = work / plan.name
     mw.mkdir(parents=True)
@@ -54,25 +54,51 @@ def run_model(plan: ModelPlan, work: Path, image: Path, out: Path) -> str:
     seconds = run_archive(plan.config, f"{plan.name}_base", mw / "base", model_config)
     print(f"  archive.sh (no-archive) {seconds:.1f} s", flush=True)
     base = mw / "base" / f"{plan.name}_base"
-    ceilings = {}
-    for batch in sorted({tuned.batch_size, *plan.extra_ceiling_batches}):
-        ceilings[batch] = ceiling(plan, base, batch, tuned.threads, image, mw / f"ceiling-{batch}.json")
-        print(f"  in-process batch {batch}: {ceilings[batch]['images_per_s']:.2f} img/s", flush=True)
-    capacity = ceilings[min(ceilings)]["images_per_s"]
-    rows, failures = [], []
-    for cfg in plan.configs:
-        try:
-            rows += rows_as_dicts(run_config(plan, cfg, base, mw, image, capacity))
-        except Exception as error:  # noqa: BLE001 - one failed config must not lose the whole run
-            print(f"  {plan.name}/{cfg.name} FAILED: {error}", flush=True)
-            failures.append(f"{cfg.name}: {str(error).splitlines()[0][:300]}")
-    verdicts = report.headline(rows, ceilings, plan.tuned, plan.bs1, plan.baseline)
-    pngs = plots.plot_model(plan.name, rows, ceilings, out)
+    ceilings = {1: ceiling(plan, base, 1, tuned.threads, image, mw / "ceiling-1.json")}
+    capacity = ceilings[1]["images_per_s"]
+    print(f"  in-process batch 1: {capacity:.2f} img/s", flush=True)
+    rows, failures, rounds = [], [], []
+    with serve_all(plan, base, mw, image) as server:
+        print(f"  {len(plan.configs)} configs READY in {server.ready_s:.1f} s", flush=True)
+        for cfg in plan.configs:
+            try:
+                rows += run_config(server, plan, cfg, mw, image, capacity)
+            except Exception as error:  # noqa: BLE001 - one failed config must not lose the whole run
+                print(f"  {plan.name}/{cfg.name} FAILED: {error}", flush=True)
+                failures.append(f"{cfg.name}: {str(error).splitlines()[0][:300]}")
+        if {plan.tuned, plan.bs1, plan.baseline} <= {c.name for c in plan.configs}:
+            rounds = paired.run_rounds(server, plan, base, image, mw)
+    return write_model(plan, rows, rounds, ceilings, failures, out)
+
+
+def write_model(plan: ModelPlan, sweep: list, rounds: list[dict], ceilings: dict, failures: list[str],
+                out: Path) -> str:
+    """CSV, JSON and plots of one model; returns its report section."""
+    if rounds:
+        batch = next(c.batch_size for c in plan.configs if c.name == plan.tuned)
+        ceilings[batch] = {**paired.ceiling_summary(rounds), "source": f"paired x{len(rounds)}"}
+        if paired.errors(rounds):
+            failures.append(f"{paired.errors(rounds)} request(s) failed in the paired rounds: ratios invalid")
+    rows = rows_as_dicts(sweep + (paired.rows(plan, rounds) if rounds else []))
+    verdicts = paired.headline(rounds) if rounds else []
+    ratios = [paired.round_ratios(r) for r in rounds]
+    pngs = plots.plot_model(plan.name, plot_rows(rows), ceilings, out)
     report.write_csv(rows, out / f"{plan.name}.csv")
     (out / f"{plan.name}.json").write_text(json.dumps(
-        {"rows": rows, "ceilings": ceilings, "verdicts": [v.__dict__ for v in verdicts]}, indent=1))
-    section = render.model_section(plan.name, rows, ceilings, verdicts, [p.name for p in pngs])
+        {"rows": rows, "ceilings": ceilings, "rounds": rounds, "round_ratios": ratios,
+         "verdicts": [v.__dict__ for v in verdicts]}, indent=1))
+    names = [png.name for png in pngs]
+    section = render.model_section(plan.name, rows, ceilings, verdicts, names, rounds, ratios)
     return section + "".join(f"\n**failed**: {failure}\n" for failure in failures)
+
+
+def plot_rows(rows: list[dict]) -> list[dict]:
+    """Sweep rows, plus paired rows for the loads the sweep did not measure (no duplicate points)."""
+    def key(row: dict) -> tuple:
+        return row["config"], row["mode"], row["concurrency"]
+
+    swept = {key(r) for r in rows if r["source"] == "sweep"}
+    return [r for r in rows if r["source"] == "sweep" or key(r) not in swept]
 
 
 def machine() -> str:

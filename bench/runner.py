@@ -7,6 +7,8 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,6 +48,7 @@ class Row:
     frontend_cpu_pct: float
     worker_rss_mb: float
     ready_s: float
+    source: str = "sweep"  # "sweep": one phase after another; "paired xN": pooled over N alternating rounds
 
 
 def _mean(values: list[float]) -> float:
@@ -71,15 +74,22 @@ def ceiling(plan: ModelPlan, model_dir: Path, batch: int, threads: int, image: P
     return json.loads(out.read_text())
 
 
+def loadgen(server: TorchServe, names: list[str], mode_args: list[str], max_requests: int,
+            max_seconds: float, image: Path, out: Path) -> dict:
+    """Run bench.loadgen (a separate process) against the models `names`; returns its JSON."""
+    urls = [arg for name in names for arg in ("--url", server.url("inference", f"predictions/{name}"))]
+    run_module(["bench.loadgen", *urls, "--image", str(image), *mode_args, "--max-requests",
+                str(max_requests), "--max-seconds", str(max_seconds), "--out", str(out)],
+               timeout_s=max_seconds + 700, env={TOKEN_ENV: server.key()})
+    return json.loads(out.read_text())
+
+
 def drive(server: TorchServe, name: str, phase: Phase, capacity: float, image: Path, out: Path) -> dict:
-    """Run bench.loadgen (a separate process) for one phase; returns its JSON."""
+    """One sweep phase (closed or open loop) against model `name`; the load generator's JSON."""
     mode_args = (["--concurrency", str(phase.concurrency)] if phase.mode == "closed"
                  else ["--rate", f"{max(phase.rate_factor * capacity, 0.01):.4f}"])
-    run_module(["bench.loadgen", "--url", server.url("inference", f"predictions/{name}"),
-                "--image", str(image), "--mode", phase.mode, *mode_args, "--max-requests",
-                str(phase.max_requests), "--max-seconds", str(phase.max_seconds), "--out", str(out)],
-               timeout_s=phase.max_seconds + 700, env={TOKEN_ENV: server.key()})
-    return json.loads(out.read_text())
+    return loadgen(server, [name], ["--mode", phase.mode, *mode_args], phase.max_requests,
+                   phase.max_seconds, image, out)
 
 
 def warm(server: TorchServe, name: str, image: Path) -> None:
@@ -112,7 +122,7 @@ def measure_phase(server: TorchServe, plan: ModelPlan, cfg: ServeConfig, phase: 
                   image: Path, out: Path, ready_s: float) -> Row:
     """One phase against a running server: client latencies, server batches, worker CPU/RSS."""
     before = (server.metrics_text(), len(metric_log(server)))
-    with Sampler(server.process.pid) as sampler:
+    with Sampler(server.process.pid, worker_pids=server.worker_pids(cfg.name)) as sampler:
         result = drive(server, cfg.name, phase, capacity, image, out)
     latencies = [r["latency_ms"] for r in result["records"] if r["status"] == 200]
     errors = sum(1 for r in result["records"] if r["status"] != 200)
@@ -126,22 +136,34 @@ def measure_phase(server: TorchServe, plan: ModelPlan, cfg: ServeConfig, phase: 
                _mean(s.frontend_cpu_percent), max(s.rss_mb, default=math.nan), ready_s)
 
 
-def run_config(plan: ModelPlan, cfg: ServeConfig, base: Path, work: Path, image: Path,
-               capacity: float) -> list[Row]:
-    """Serve `cfg` on a fresh TorchServe and run every phase against it."""
+@contextmanager
+def serve_all(plan: ModelPlan, base: Path, work: Path, image: Path) -> Iterator[TorchServe]:
+    """One TorchServe hosting every config of `plan` as its own model, all workers READY and warmed.
+
+    One server per model (not per config) lets the paired rounds alternate configs on the same machine
+    state; an idle worker costs memory, not CPU.
+    """
     store = work / "store"
-    make_variant(base, store / cfg.name, cfg.model_config(plan.handler), baseline=cfg.baseline)
+    for cfg in plan.configs:
+        make_variant(base, store / cfg.name, cfg.model_config(plan.handler), baseline=cfg.baseline)
+    with TorchServe(work / "ts", store, {cfg.name: cfg.name for cfg in plan.configs}) as server:
+        server.ready_s = server.wait_ready(deadline_s=900)
+        for cfg in plan.configs:
+            warm(server, cfg.name, image)
+        yield server
+
+
+def run_config(server: TorchServe, plan: ModelPlan, cfg: ServeConfig, work: Path, image: Path,
+               capacity: float) -> list[Row]:
+    """Every sweep phase of `plan` against config `cfg` on the shared server."""
     rows = []
-    with TorchServe(work / f"ts-{cfg.name}", store, {cfg.name: cfg.name}, threads=cfg.threads) as server:
-        ready_s = server.wait_ready(deadline_s=600)
-        warm(server, cfg.name, image)
-        for index, phase in enumerate(plan.phases):
-            out = work / f"load-{cfg.name}-{index}.json"
-            row = measure_phase(server, plan, cfg, phase, capacity, image, out, ready_s)
-            print(f"  {plan.name}/{cfg.name} {phase.mode} c={row.concurrency} rate={row.rate}: "
-                  f"{row.throughput:.2f}/s p50 {row.p50_ms:.0f} ms batch {row.mean_batch:.2f} "
-                  f"errors {row.errors}", flush=True)
-            rows.append(row)
+    for index, phase in enumerate(plan.phases):
+        out = work / f"load-{cfg.name}-{index}.json"
+        row = measure_phase(server, plan, cfg, phase, capacity, image, out, server.ready_s)
+        print(f"  {plan.name}/{cfg.name} {phase.mode} c={row.concurrency} rate={row.rate}: "
+              f"{row.throughput:.2f}/s p50 {row.p50_ms:.0f} ms batch {row.mean_batch:.2f} "
+              f"errors {row.errors}", flush=True)
+        rows.append(row)
     return rows
 
 

@@ -34,10 +34,11 @@ class Sampler:
     """Samples worker CPU/RSS with psutil every `interval_s` in a background thread.
 
     The process tree is re-read every tick, so workers that start (or restart) mid-phase are counted.
+    With `worker_pids`, only those workers count (one model's, when a server hosts several).
     """
 
-    def __init__(self, root_pid: int, interval_s: float = 0.5) -> None:
-        self.root_pid, self.interval_s = root_pid, interval_s
+    def __init__(self, root_pid: int, interval_s: float = 0.5, worker_pids: set[int] | None = None) -> None:
+        self.root_pid, self.interval_s, self.worker_pids = root_pid, interval_s, worker_pids
         self.sample = WorkerSample()
         self._known: dict[int, tuple[psutil.Process, str]] = {}
         self._stop = threading.Event()
@@ -58,6 +59,8 @@ class Sampler:
             except psutil.Error:
                 continue
             kind = "worker" if "model_service_worker" in cmd else "frontend" if "java" in cmd else ""
+            if kind == "worker" and self.worker_pids is not None and proc.pid not in self.worker_pids:
+                kind = ""
             if kind:
                 self._known[proc.pid] = (proc, kind)
 
@@ -100,6 +103,7 @@ class TorchServe:
         self.ports = free_ports()
         self.process: subprocess.Popen | None = None
         self.started_at = 0.0
+        self.ready_s = float("nan")  # set by whoever waits for readiness
 
     @property
     def env(self) -> dict[str, str]:
@@ -160,6 +164,12 @@ class TorchServe:
         except (requests.RequestException, ValueError, KeyError, TypeError, json.JSONDecodeError):
             return False
         return True
+
+    def worker_pids(self, name: str) -> set[int]:
+        """Process ids of model `name`'s workers, from the management API."""
+        headers = {"Authorization": f"Bearer {self.key('management')}"}
+        entries = requests.get(self.url("management", f"models/{name}"), headers=headers, timeout=10).json()
+        return {int(w["pid"]) for e in entries for w in e.get("workers", []) if w.get("pid")}
 
     def metrics_text(self) -> str:
         """The Prometheus text of the metrics API ("" when it does not answer)."""

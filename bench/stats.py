@@ -61,13 +61,15 @@ class Verdict:
     value: float
     target: str  # e.g. ">= 0.95"
     met: bool | None  # None: no target, or not measured
+    spread: tuple[float, float] | None = None  # lowest and highest per-round value, when measured in rounds
 
 
-def check(name: str, value: float, target: str | None) -> Verdict:
+def check(name: str, value: float, target: str | None,
+          spread: tuple[float, float] | None = None) -> Verdict:
     """Compare `value` with a target written as '>= x' or '<= x'."""
     if target is None or math.isnan(value):
-        return Verdict(name, value, target or "-", None)
+        return Verdict(name, value, target or "-", None, spread)
     op, bound = target.split()
     limit = float(bound)
     met = value >= limit if op == ">=" else value <= limit
-    return Verdict(name, value, target, met)
+    return Verdict(name, value, target, met, spread)

@@ -24,7 +24,11 @@ BASELINE_HANDLER = Path(__file__).resolve().with_name("baseline_handler.py")
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """One point of the sweep: TorchServe batching/workers, torch threads per worker, handler."""
+    """One point of the sweep: TorchServe batching/workers, torch threads per worker, handler.
+
+    Threads go into the handler section (`torch_threads`), so configs with different thread counts can
+    share one TorchServe.
+    """
 
     name: str
     batch_size: int = 1
@@ -37,7 +41,8 @@ class ServeConfig:
         """The model-config.yaml content of this sweep point, with `handler` as its handler section."""
         return {"minWorkers": self.workers, "maxWorkers": self.workers, "batchSize": self.batch_size,
                 "maxBatchDelay": self.max_batch_delay, "responseTimeout": response_timeout,
-                "startupTimeout": 900, "jobQueueSize": 1000, "handler": dict(handler)}
+                "startupTimeout": 900, "jobQueueSize": 1000,
+                "handler": {**handler, "torch_threads": self.threads}}
 
 
 def run_archive(config: Path, name: str, out: Path, model_config: Path, fmt: str = "no-archive") -> float:
@@ -74,5 +79,6 @@ def make_variant(base: Path, target: Path, model_config: dict, baseline: bool = 
         (target / manifest["model"]["handler"]).unlink()
         shutil.copy2(BASELINE_HANDLER, target / BASELINE_HANDLER.name)
         manifest["model"]["handler"] = BASELINE_HANDLER.name
+    manifest_path.unlink()  # a hard link to the base's manifest: write a new file, never through the link
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return target

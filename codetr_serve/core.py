@@ -110,6 +110,10 @@ class DetectorCore:
         """Load config and weights onto the device, apply precision settings, warm up."""
         s = self.settings
         cfg = load_config(s.config_path)
+        if s.torch_threads:
+            # TorchServe 0.12 has no per-model thread count: workers inherit the server's environment, so
+            # several CPU workers would each take every core and slow each other down.
+            torch.set_num_threads(s.torch_threads)
         if s.is_cuda:
             configure_cuda(s.cudnn_benchmark, s.tf32)
         self.detector = build_detector(cfg, s.weights_path, s.device)

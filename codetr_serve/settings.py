@@ -42,6 +42,7 @@ class ServingSettings:
     fp16: bool
     cudnn_benchmark: bool
     tf32: bool
+    torch_threads: int
     warmup_runs: int
 
     @property
@@ -101,6 +102,7 @@ def _validate(s: ServingSettings) -> None:
         (s.max_image_bytes > 0 and s.max_image_pixels > 0, "image limits must be positive"),
         (0 < s.min_image_side <= s.max_image_side, "need 0 < min_image_side <= max_image_side"),
         (s.warmup_runs >= 0, "warmup_runs must be >= 0"),
+        (s.torch_threads >= 0, "torch_threads must be >= 0 (0 keeps torch's default)"),
         (not s.fp16 or s.is_cuda, "fp16 needs a CUDA device; set fp16: false for CPU workers"),
     ]
     for ok, message in checks:

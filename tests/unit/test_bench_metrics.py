@@ -52,3 +52,11 @@ def test_histogram_and_mean_batch() -> None:
     assert metrics_parse.format_histogram({}) == "-"
     assert metrics_parse.mean_batch(12.0, 4.0) == 3.0
     assert math.isnan(metrics_parse.mean_batch(0.0, 0.0))
+
+
+def test_log_metric_values_of_one_model_only() -> None:
+    lines = ["... [METRICS]CoDetrInferenceMs.ms:80.5|#ModelName:tuned,Level:Model|#type:GAUGE|#hostname:vm,1,a",
+             "... [METRICS]CoDetrInferenceMs.ms:99.0|#ModelName:tuned_v2,Level:Model|#type:GAUGE|#hostname:vm,2,b",
+             "... [METRICS]CoDetrInferenceMs.ms:70.0|#ModelName:bs1,Level:Model|#type:GAUGE|#hostname:vm,3,c"]
+    assert metrics_parse.log_metric_values(lines, "CoDetrInferenceMs", "tuned") == [80.5]
+    assert metrics_parse.log_metric_values(lines, "CoDetrInferenceMs") == [80.5, 99.0, 70.0]

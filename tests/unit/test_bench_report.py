@@ -6,9 +6,7 @@ import csv
 import math
 from pathlib import Path
 
-import pytest
-
-from bench import render, report
+from bench import render, report, stats
 
 
 def row(config: str, concurrency: int, throughput: float, p50: float, batch_size: int = 4) -> dict:
@@ -23,19 +21,6 @@ ROWS = [row("tuned", 1, 5.0, 105.0), row("tuned", 8, 9.5, 800.0), row("one", 1, 
 CEILINGS = {4: {"images_per_s": 10.0, "ms_per_batch": 400.0, "threads": 1, "device": "cpu"}}
 
 
-def test_headline_ratios_come_from_the_right_rows() -> None:
-    efficiency, versus, penalty = report.headline(ROWS, CEILINGS, "tuned", "one", "base")
-    assert efficiency.value == pytest.approx(0.95) and efficiency.met is True
-    assert versus.value == pytest.approx(1.9) and versus.met is None
-    assert penalty.value == pytest.approx(1.05) and penalty.met is True
-
-
-def test_headline_missing_rows_give_nan_not_a_crash() -> None:
-    efficiency, versus, penalty = report.headline(ROWS, {}, "tuned", "absent", "base")
-    assert math.isnan(efficiency.value) and efficiency.met is None
-    assert math.isnan(penalty.value)
-
-
 def test_markdown_table_formats_and_blanks_nan() -> None:
     table = report.markdown_table([row("tuned", 8, 9.5, math.nan)]).splitlines()
     assert table[0].startswith("| config | handler | load | conc |")
@@ -45,10 +30,11 @@ def test_markdown_table_formats_and_blanks_nan() -> None:
     assert cells[7] == "9.50" and cells[8] == "-"
 
 
-def test_verdict_table_flags_misses() -> None:
-    verdicts = report.headline(ROWS, {4: {**CEILINGS[4], "images_per_s": 20.0}}, "tuned", "one", "base")
+def test_verdict_table_flags_misses_and_shows_the_spread() -> None:
+    verdicts = [stats.check("efficiency", 0.475, ">= 0.95", (0.41, 0.52)), stats.check("versus", 1.9, None)]
     text = report.verdict_table(verdicts)
-    assert "| 0.475 | >= 0.95 | **no** |" in text
+    assert "| efficiency | 0.475 | 0.410 - 0.520 | >= 0.95 | **no** |" in text
+    assert "| versus | 1.900 | - | - | - |" in text
 
 
 def test_csv_round_trip(tmp_path: Path) -> None:
@@ -61,11 +47,12 @@ def test_csv_round_trip(tmp_path: Path) -> None:
 
 
 def test_document_has_header_sections_and_coldstart_note() -> None:
-    section = render.model_section("tiny", ROWS, CEILINGS, report.headline(ROWS, CEILINGS, "tuned", "one",
-                                                                           "base"), ["tiny_x.png"])
+    section = render.model_section("tiny", ROWS, CEILINGS, [stats.check("efficiency", 0.97, ">= 0.95")],
+                                   ["tiny_x.png"])
     header = {"started": "t", "elapsed_s": 12.0, "machine": "m", "load_before": "0.1", "load_after": "0.2",
               "command": "python -m bench.run"}
     text = render.document(header, [section], {})
     assert text.startswith("# codetr-serve benchmark")
+    assert "| efficiency | 0.970 | - | >= 0.95 | yes |" in text
     assert "## tiny" in text and "![tiny_x.png](tiny_x.png)" in text
     assert "not run (--skip-coldstart)" in text

@@ -23,6 +23,17 @@ def core(tiny_model_dir) -> DetectorCore:
     return detector
 
 
+def test_torch_threads_setting_sets_the_workers_thread_count(tiny_model_dir):
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    try:
+        DetectorCore(build_settings({"torch_threads": wanted, "warmup_runs": 0}, model_dir=tiny_model_dir,
+                                    device="cpu")).setup()
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_batch_of_mixed_sizes_equals_one_call_per_image(core):
     images = [encode_image(w, h, seed=s) for s, (w, h) in enumerate([(320, 240), (200, 300), (333, 250),
                                                                        (64, 48)])]

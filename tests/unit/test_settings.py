@@ -33,6 +33,7 @@ def test_overrides_and_random_weights():
     ({"test_scale": [1333]}, "test_scale"),
     ({"min_image_side": 0}, "min_image_side"),
     ({"fp16": True}, "fp16 needs a CUDA device"),
+    ({"torch_threads": -1}, "torch_threads must be >= 0"),
 ])
 def test_bad_settings_are_refused_with_a_fix(overrides, words):
     with pytest.raises(SettingsError, match=words):
