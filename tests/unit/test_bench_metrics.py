@@ -55,8 +55,7 @@ def test_histogram_and_mean_batch() -> None:
 
 
 def test_log_metric_values_of_one_model_only() -> None:
-    lines = ["... [METRICS]CoDetrInferenceMs.ms:80.5|#ModelName:tuned,Level:Model|#type:GAUGE|#hostname:vm,1,a",
-             "... [METRICS]CoDetrInferenceMs.ms:99.0|#ModelName:tuned_v2,Level:Model|#type:GAUGE|#hostname:vm,2,b",
-             "... [METRICS]CoDetrInferenceMs.ms:70.0|#ModelName:bs1,Level:Model|#type:GAUGE|#hostname:vm,3,c"]
+    lines = [f"... [METRICS]CoDetrInferenceMs.ms:{ms}|#ModelName:{model},Level:Model|#type:GAUGE|#hostname:vm,{i}"
+             for i, (ms, model) in enumerate([(80.5, "tuned"), (99.0, "tuned_v2"), (70.0, "bs1")])]
     assert metrics_parse.log_metric_values(lines, "CoDetrInferenceMs", "tuned") == [80.5]
     assert metrics_parse.log_metric_values(lines, "CoDetrInferenceMs") == [80.5, 99.0, 70.0]
