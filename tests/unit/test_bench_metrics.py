@@ -55,7 +55,7 @@ def test_histogram_and_mean_batch() -> None:
 
 
 def test_log_metric_values_of_one_model_only() -> None:
-    lines = [f"... [METRICS]CoDetrInferenceMs.ms:{ms}|#ModelName:{model},Level:Model|#type:GAUGE|#hostname:vm,{i}"
+    lines = [f"... [METRICS]CoDetrInferenceMs.ms:{ms}|#ModelName:{model},Level:Model|#hostname:vm,{i}"
              for i, (ms, model) in enumerate([(80.5, "tuned"), (99.0, "tuned_v2"), (70.0, "bs1")])]
     assert metrics_parse.log_metric_values(lines, "CoDetrInferenceMs", "tuned") == [80.5]
     assert metrics_parse.log_metric_values(lines, "CoDetrInferenceMs") == [80.5, 99.0, 70.0]
