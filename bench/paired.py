@@ -8,7 +8,8 @@ every side of every ratio is measured in every round, in short phases, with the 
   mmdet-style baseline at concurrency 8, each for a bounded number of images;
 - light: the tuned config and the batch-size-1 config at concurrency 1, one request at a time, A B B A.
 
-All configs are models of one TorchServe (`runner.serve_all`), so no server restarts between sides.
+All configs are models of one TorchServe (`runner.serve_all`), so no server restarts between sides, and
+every process that runs the model is pinned to the same core (`bench/pinning.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from bench import metrics_parse, stats
 from bench.inprocess import CeilingProcess
+from bench.pinning import CoreSplit, frontend_pids, pinned, split_cores
 from bench.plan import ModelPlan
 from bench.report import SIDES
 from bench.runner import Row, loadgen, metric_log, server_batches
@@ -99,10 +101,21 @@ def run_rounds(server: TorchServe, plan: ModelPlan, model_dir: Path, image: Path
     rounds = []
     with CeilingProcess(model_dir, plan.handler, tuned.batch_size, tuned.threads, image,
                         log=work / "inprocess.log") as ceiling:
-        for index in range(plan.paired.rounds):
-            rounds.append(one_round(index, server, ceiling, plan, image, work))
-            print(f"  {plan.name} paired round {index + 1}: {round_line(rounds[-1])}", flush=True)
+        names = (plan.tuned, plan.bs1, plan.baseline)
+        model_pids = [pid for name in names for pid in server.worker_pids(name)] + [ceiling.process.pid]
+        with pinned(core_split(plan), model_pids, frontend_pids(server.process.pid)) as cores:
+            for index in range(plan.paired.rounds):
+                rounds.append({**one_round(index, server, ceiling, plan, image, work), "cores": cores})
+                print(f"  {plan.name} paired round {index + 1}: {round_line(rounds[-1])}", flush=True)
     return rounds
+
+
+def core_split(plan: ModelPlan) -> CoreSplit | None:
+    """One shared model core when every paired side is one single-threaded process, else no pinning."""
+    sides = [c for c in plan.configs if c.name in (plan.tuned, plan.bs1, plan.baseline)]
+    if any(c.threads != 1 or c.workers != 1 for c in sides):
+        return None
+    return split_cores()
 
 
 def throughput(sides: list[dict]) -> float:

@@ -79,7 +79,7 @@ def tiny_plan(scale: float = 1.0) -> ModelPlan:
     )
     return ModelPlan("tiny", REPO / "config" / "co_dino_tiny.py",
                      {"test_scale": [320, 192], "warmup_runs": 1, "score_threshold": 0.3}, configs,
-                     _phases(4.0 * scale, 400, (0.5,)), bs1="bs1_d0_w1_t1", tuned="bs4_d5_w1_t1",
+                     _phases(3.0 * scale, 400, (0.5,)), bs1="bs1_d0_w1_t1", tuned="bs4_d5_w1_t1",
                      baseline="baseline_bs4_d5_w1_t1",
                      paired=PairedPlan(rounds=6, ceiling_batches=8, loaded_requests=32,
                                        loaded_seconds=8.0 * scale, light_requests=16,
@@ -96,12 +96,12 @@ def r50_plan(scale: float = 1.0) -> ModelPlan:
     )
     # Concurrency 1 and 8 come from the paired rounds (every config the ratios need); the sweep adds the
     # loads in between, within the time budget (one R50 image is ~3.5 s on a CPU core).
-    phases = (Phase("closed", concurrency=4, max_requests=8, max_seconds=30 * scale),
-              Phase("open", rate_factor=0.5, max_requests=3, max_seconds=20 * scale))
+    phases = (Phase("closed", concurrency=4, max_requests=4, max_seconds=20 * scale),
+              Phase("open", rate_factor=0.5, max_requests=2, max_seconds=15 * scale))
     return ModelPlan("r50_small", REPO / "config" / "serve_co_dino_r50.py",
                      {"test_scale": [320, 192], "warmup_runs": 1, "score_threshold": 0.3}, configs, phases,
                      bs1="bs1_d0_w1_t1", tuned="bs4_d20_w1_t1", baseline="baseline_bs4_d20_w1_t1",
-                     paired=PairedPlan(rounds=3, ceiling_batches=2, loaded_requests=8,
+                     paired=PairedPlan(rounds=4, ceiling_batches=2, loaded_requests=8,
                                        loaded_seconds=60.0 * scale, light_requests=4,
                                        light_seconds=40.0 * scale),
                      ceiling_images=3, ceiling_seconds=20.0 * scale)
