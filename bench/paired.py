@@ -35,7 +35,7 @@ class Side:
     errors: int = 0
     mean_batch: float = float("nan")
     latencies_ms: tuple[float, ...] = ()
-    forward_ms: float = float("nan")  # mean batched forward, as the worker reports it (CoDetrInferenceMs)
+    forward_s: float = float("nan")  # time in the model's forward (CoDetrInferenceMs); NaN for the baseline
 
 
 def loaded_phase(server: TorchServe, plan: ModelPlan, name: str, image: Path, out: Path) -> Side:
@@ -45,9 +45,16 @@ def loaded_phase(server: TorchServe, plan: ModelPlan, name: str, image: Path, ou
     result = loadgen(server, [name], ["--mode", "closed", "--concurrency", str(paired.concurrency)],
                      paired.loaded_requests, paired.loaded_seconds, image, out)
     latencies = tuple(r["latency_ms"] for r in result["records"] if r["status"] == 200)
-    mean_batch, _, forward_ms = server_batches(server, before, server.metrics_text())
+    mean_batch = server_batches(server, before, server.metrics_text())[0]
+    forward_s = sum(worker_forwards_ms(server, before[1], name)) / 1000.0 or float("nan")
     return Side(len(latencies), result["duration_s"], len(result["records"]) - len(latencies), mean_batch,
-                latencies, forward_ms)
+                latencies, forward_s)
+
+
+def worker_forwards_ms(server: TorchServe, log_start: int, name: str) -> list[float]:
+    """Every forward of model `name` logged since `log_start`, in ms, as its worker timed it."""
+    return metrics_parse.log_metric_values(metric_log(server)[log_start:].splitlines(), "CoDetrInferenceMs",
+                                           name)
 
 
 def light_phase(server: TorchServe, plan: ModelPlan, image: Path, out: Path) -> dict:
@@ -65,8 +72,7 @@ def light_phase(server: TorchServe, plan: ModelPlan, image: Path, out: Path) -> 
             errors += 1
             continue
         by_side["tuned" if record["target"] == 0 else "bs1"].append(record["latency_ms"])
-    lines = metric_log(server)[log_start:].splitlines()
-    forward = {f"{side}_forward_ms": _mean(metrics_parse.log_metric_values(lines, "CoDetrInferenceMs", name))
+    forward = {f"{side}_forward_ms": _mean(worker_forwards_ms(server, log_start, name))
                for side, name in (("tuned", plan.tuned), ("bs1", plan.bs1))}
     return {**by_side, **forward, "errors": errors}
 
@@ -86,7 +92,7 @@ def one_round(index: int, server: TorchServe, ceiling: CeilingProcess, plan: Mod
             summary = ceiling.measure(plan.paired.ceiling_batches)
             device = {"device": summary["device"], "threads": summary["threads"]}
             loaded[side] = Side(summary["batch"] * summary["batches"], summary["seconds"],
-                                mean_batch=float(summary["batch"]))
+                                mean_batch=float(summary["batch"]), forward_s=summary["forward_seconds"])
         else:
             name = plan.tuned if side == "tuned" else plan.baseline
             loaded[side] = loaded_phase(server, plan, name, image, work / f"paired-{index}-{side}.json")
@@ -204,3 +210,38 @@ def rows(plan: ModelPlan, rounds: list[dict]) -> list[Row]:
         # Alternating one at a time, each side's throughput is not meaningful: NaN, not a made-up figure.
         out.append(row(name, 1, latencies, 0, nan, 0, nan))
     return out
+
+
+def decomposition(rounds: list[dict]) -> dict[str, float]:
+    """Split two ratios into the model's own speed in each process and what serving adds.
+
+    throughput = images / forward-second (model speed) x forward-seconds / wall-second (duty), so
+    efficiency = speed ratio x duty ratio: the speed ratio is where a slower process or minute shows up,
+    the duty ratio is the serving path's share (1.0 = TorchServe keeps the model as busy as a plain loop).
+    A c=1 latency is forward + the rest (queueing, delay, transport): holding the forwards equal leaves what
+    the tuned config's batching delay costs a lone request.
+    """
+    return {**_loaded_split(rounds), **_light_split(rounds)}
+
+
+def _loaded_split(rounds: list[dict]) -> dict[str, float]:
+    speed, duty = {}, {}
+    for side in ("ceiling", "tuned"):
+        images, seconds, forward_s = (sum(r["loaded"][side][key] for r in rounds)
+                                      for key in ("images", "seconds", "forward_s"))
+        speed[side], duty[side] = stats.ratio(images, forward_s), stats.ratio(forward_s, seconds)
+    return {"efficiency_speed": stats.ratio(speed["tuned"], speed["ceiling"]),
+            "efficiency_duty": stats.ratio(duty["tuned"], duty["ceiling"]),
+            "duty_served": duty["tuned"], "duty_inprocess": duty["ceiling"]}
+
+
+def _light_split(rounds: list[dict]) -> dict[str, float]:
+    p50, forward = {}, {}
+    for side in ("tuned", "bs1"):
+        p50[side] = stats.percentile([ms for r in rounds for ms in r["light"][side]], 50)
+        forwards = [r["light"].get(f"{side}_forward_ms", float("nan")) for r in rounds]
+        forward[side] = _mean([ms for ms in forwards if ms == ms])
+    rest = {side: p50[side] - forward[side] for side in p50}
+    return {"penalty_forward": stats.ratio(forward["tuned"], forward["bs1"]),
+            "rest_tuned_ms": rest["tuned"], "rest_bs1_ms": rest["bs1"],
+            "penalty_forward_equal": 1.0 + (rest["tuned"] - rest["bs1"]) / p50["bs1"]}

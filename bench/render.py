@@ -10,11 +10,15 @@ from bench import report
 
 def model_section(name: str, rows: Sequence[Mapping[str, Any]], ceilings: Mapping[int, Mapping[str, Any]],
                   verdicts: Sequence[Any], plots: Sequence[str], rounds: Sequence[Mapping[str, Any]] = (),
-                  round_ratios: Sequence[Mapping[str, float]] = ()) -> str:
+                  round_ratios: Sequence[Mapping[str, float]] = (),
+                  split: Mapping[str, float] | None = None) -> str:
     """Ratios, the paired rounds, ceiling, the full table and the plots for one model."""
     parts = [f"## {name}", "", "### Headline ratios (alternating rounds: one server, one machine state)", "",
              "Pooled over every round (images / seconds; p50 of every request); the range is the lowest "
              "and highest single-round value.", "", report.verdict_table(verdicts), ""]
+    if split:
+        parts += ["Where they come from (forward = the worker's own CoDetrInferenceMs, and the same timer "
+                  "in-process):", "", report.decomposition_table(split), ""]
     if rounds:
         parts += ["### Paired rounds", "", report.rounds_table(rounds, round_ratios), ""]
     parts += ["### In-process ceiling (DetectorCore.handle, no TorchServe)", "",

@@ -83,3 +83,16 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def decomposition_table(split: Mapping[str, float]) -> str:
+    """Where the efficiency and the penalty come from: the model's speed per process vs the serving path."""
+    f = {key: fmt(value, "{:.3f}") for key, value in split.items()}
+    return "\n".join([
+        "| ratio | part due to the model's own speed in each process | serving path "
+        "| the ratio with forwards equal |", "|---|---|---|---|",
+        f"| serving efficiency | {f['efficiency_speed']} | busy share of wall time: {f['duty_served']} "
+        f"served vs {f['duty_inprocess']} in-process | {f['efficiency_duty']} |",
+        f"| low-traffic penalty | {f['penalty_forward']} | rest of a c=1 request: "
+        f"{fmt(split['rest_tuned_ms'], '{:.0f}')} ms tuned vs {fmt(split['rest_bs1_ms'], '{:.0f}')} ms bs1 "
+        f"| {f['penalty_forward_equal']} |"])

@@ -82,13 +82,14 @@ def write_model(plan: ModelPlan, sweep: list, rounds: list[dict], ceilings: dict
     rows = rows_as_dicts(sweep + (paired.rows(plan, rounds) if rounds else []))
     verdicts = paired.headline(rounds) if rounds else []
     ratios = [paired.round_ratios(r) for r in rounds]
+    split = paired.decomposition(rounds) if rounds else None
     pngs = plots.plot_model(plan.name, plot_rows(rows), ceilings, out)
     report.write_csv(rows, out / f"{plan.name}.csv")
     (out / f"{plan.name}.json").write_text(json.dumps(
-        {"rows": rows, "ceilings": ceilings, "rounds": rounds, "round_ratios": ratios,
+        {"rows": rows, "ceilings": ceilings, "rounds": rounds, "round_ratios": ratios, "decomposition": split,
          "verdicts": [v.__dict__ for v in verdicts]}, indent=1))
     names = [png.name for png in pngs]
-    section = render.model_section(plan.name, rows, ceilings, verdicts, names, rounds, ratios)
+    section = render.model_section(plan.name, rows, ceilings, verdicts, names, rounds, ratios, split)
     return section + "".join(f"\n**failed**: {failure}\n" for failure in failures)
 
 

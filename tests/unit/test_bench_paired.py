@@ -17,8 +17,9 @@ from tests.conftest import encode_image
 
 
 def side(images: int, seconds: float, errors: int = 0, latencies=(), mean_batch: float = 4.0) -> dict:
+    # The model is busy 90 % of each phase's wall time in these fakes.
     return {"images": images, "seconds": seconds, "errors": errors, "mean_batch": mean_batch,
-            "latencies_ms": list(latencies)}
+            "latencies_ms": list(latencies), "forward_s": 0.9 * seconds}
 
 
 def one_round(index: int, ceiling_s: float, tuned_s: float, baseline_s: float, tuned_ms, bs1_ms) -> dict:
@@ -26,7 +27,8 @@ def one_round(index: int, ceiling_s: float, tuned_s: float, baseline_s: float, t
             "ceiling_device": {"device": "cpu", "threads": 1},
             "loaded": {"ceiling": side(32, ceiling_s), "tuned": side(32, tuned_s, latencies=[100.0] * 32),
                        "baseline": side(32, baseline_s, latencies=[200.0] * 32, mean_batch=math.nan)},
-            "light": {"tuned": list(tuned_ms), "bs1": list(bs1_ms), "tuned_forward_ms": 90.0, "errors": 0}}
+            "light": {"tuned": list(tuned_ms), "bs1": list(bs1_ms), "tuned_forward_ms": 90.0,
+                      "bs1_forward_ms": 95.0, "errors": 0}}
 
 
 # Round 2 runs on a machine 50 % slower for every side: per-round ratios stay put, and so must the pooled one.
@@ -140,5 +142,22 @@ def test_ceiling_process_keeps_the_model_loaded_between_commands(tiny_model_dir,
 def test_rounds_table_shows_each_sides_figures_and_forward_time() -> None:
     text = report.rounds_table(ROUNDS, [paired.round_ratios(r) for r in ROUNDS])
     first = text.splitlines()[2]
-    assert first.startswith("| 1 | ceiling > tuned > baseline | 8.000 | 7.619 | 4.000 | 103 (90) | 100 (-) |")
+    assert first.startswith("| 1 | ceiling > tuned > baseline | 8.000 | 7.619 | 4.000 | 103 (90) | 100 (95) ")
     assert first.endswith("| 0.952 | 1.905 | 1.030 |")
+
+
+def test_decomposition_separates_model_speed_from_the_serving_path() -> None:
+    # Both sides keep the model 90 % busy, so the whole efficiency gap is the model's speed in each process.
+    split = paired.decomposition(ROUNDS)
+    assert split["efficiency_duty"] == pytest.approx(1.0)
+    assert split["efficiency_speed"] == pytest.approx(10.0 / 10.5)
+    assert split["penalty_forward"] == pytest.approx(90.0 / 95.0)
+    # p50 127.5 = 90 forward + 37.5 rest; 125 = 95 + 30: the delay's own cost is 7.5 ms of 125.
+    assert split["rest_tuned_ms"] == pytest.approx(37.5) and split["rest_bs1_ms"] == pytest.approx(30.0)
+    assert split["penalty_forward_equal"] == pytest.approx(1.06)
+    table = report.decomposition_table(split)
+    lines = table.splitlines()
+    assert lines[2] == ("| serving efficiency | 0.952 | busy share of wall time: 0.900 served vs 0.900 "
+                        "in-process | 1.000 |")
+    assert lines[3] == ("| low-traffic penalty | 0.947 | rest of a c=1 request: 38 ms tuned vs 30 ms bs1 "
+                        "| 1.060 |")
