@@ -42,12 +42,17 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns=TABLE_COLUMNS) -> 
 
 def verdict_table(verdicts: Sequence[stats.Verdict]) -> str:
     """Markdown table of the headline ratios; a missed target is bold."""
-    lines = ["| ratio | value | per-round range | target | met |", "|---|---|---|---|---|"]
+    lines = ["| ratio | value | per-round range | 95 % interval of the round mean | target | met |",
+             "|---|---|---|---|---|---|"]
     for v in verdicts:
         met = "-" if v.met is None else ("yes" if v.met else "**no**")
-        spread = "-" if v.spread is None else f"{fmt(v.spread[0], '{:.3f}')} - {fmt(v.spread[1], '{:.3f}')}"
-        lines.append(f"| {v.name} | {fmt(v.value, '{:.3f}')} | {spread} | {v.target} | {met} |")
+        lines.append(f"| {v.name} | {fmt(v.value, '{:.3f}')} | {_span(v.spread)} | {_span(v.interval)} | "
+                     f"{v.target} | {met} |")
     return "\n".join(lines)
+
+
+def _span(pair: tuple[float, float] | None) -> str:
+    return "-" if pair is None else f"{fmt(pair[0], '{:.3f}')} - {fmt(pair[1], '{:.3f}')}"
 
 
 def ceiling_table(ceilings: Mapping[int, Mapping[str, Any]]) -> str:

@@ -46,6 +46,22 @@ def summarize(latencies_ms: Sequence[float], errors: int, duration_s: float) -> 
         p99_ms=percentile(latencies_ms, 99), mean_ms=mean)
 
 
+# Two-sided 95 % critical values of Student's t by degrees of freedom (1-10); 2.0 beyond.
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """95 % confidence interval of the mean of `values` (Student's t); NaNs are dropped, <2 values: NaN."""
+    kept = [v for v in values if not math.isnan(v)]
+    if len(kept) < 2:
+        return math.nan, math.nan
+    mean = sum(kept) / len(kept)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1))
+    t = _T95[len(kept) - 2] if len(kept) - 1 <= len(_T95) else 2.0
+    half = t * sd / math.sqrt(len(kept))
+    return mean - half, mean + half
+
+
 def ratio(numerator: float, denominator: float) -> float:
     """numerator / denominator, NaN when either side is missing or the denominator is not positive."""
     if any(math.isnan(v) for v in (numerator, denominator)) or denominator <= 0:
@@ -62,14 +78,17 @@ class Verdict:
     target: str  # e.g. ">= 0.95"
     met: bool | None  # None: no target, or not measured
     spread: tuple[float, float] | None = None  # lowest and highest per-round value, when measured in rounds
+    interval: tuple[float, float] | None = None  # 95 % confidence interval of the per-round mean
 
 
-def check(name: str, value: float, target: str | None,
-          spread: tuple[float, float] | None = None) -> Verdict:
-    """Compare `value` with a target written as '>= x' or '<= x'."""
+def check(name: str, value: float, target: str | None, rounds: Sequence[float] = ()) -> Verdict:
+    """Compare `value` with a target written as '>= x' or '<= x'; `rounds`: its per-round values, if any."""
+    kept = [v for v in rounds if not math.isnan(v)]
+    spread = (min(kept), max(kept)) if kept else None
+    interval = mean_interval(kept) if len(kept) >= 2 else None
     if target is None or math.isnan(value):
-        return Verdict(name, value, target or "-", None, spread)
+        return Verdict(name, value, target or "-", None, spread, interval)
     op, bound = target.split()
     limit = float(bound)
     met = value >= limit if op == ">=" else value <= limit
-    return Verdict(name, value, target, met, spread)
+    return Verdict(name, value, target, met, spread, interval)

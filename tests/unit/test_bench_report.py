@@ -31,10 +31,12 @@ def test_markdown_table_formats_and_blanks_nan() -> None:
 
 
 def test_verdict_table_flags_misses_and_shows_the_spread() -> None:
-    verdicts = [stats.check("efficiency", 0.475, ">= 0.95", (0.41, 0.52)), stats.check("versus", 1.9, None)]
+    verdicts = [stats.check("efficiency", 0.475, ">= 0.95", [0.41, 0.52, 0.47]),
+                stats.check("versus", 1.9, None)]
     text = report.verdict_table(verdicts)
-    assert "| efficiency | 0.475 | 0.410 - 0.520 | >= 0.95 | **no** |" in text
-    assert "| versus | 1.900 | - | - | - |" in text
+    # mean 0.4667, sd 0.0551, t(2 df) 4.303: half-width 0.1368
+    assert "| efficiency | 0.475 | 0.410 - 0.520 | 0.330 - 0.603 | >= 0.95 | **no** |" in text
+    assert "| versus | 1.900 | - | - | - | - |" in text
 
 
 def test_csv_round_trip(tmp_path: Path) -> None:
@@ -53,6 +55,6 @@ def test_document_has_header_sections_and_coldstart_note() -> None:
               "command": "python -m bench.run"}
     text = render.document(header, [section], {})
     assert text.startswith("# codetr-serve benchmark")
-    assert "| efficiency | 0.970 | - | >= 0.95 | yes |" in text
+    assert "| efficiency | 0.970 | - | - | >= 0.95 | yes |" in text
     assert "## tiny" in text and "![tiny_x.png](tiny_x.png)" in text
     assert "not run (--skip-coldstart)" in text

@@ -54,3 +54,9 @@ def test_check_against_targets(value: float, target: str, met: bool) -> None:
 def test_check_without_target_or_value_has_no_verdict() -> None:
     assert stats.check("r", 1.3, None).met is None
     assert stats.check("r", math.nan, ">= 0.95").met is None
+
+
+def test_mean_interval_uses_students_t() -> None:
+    low, high = stats.mean_interval([1.0, 2.0, 3.0, float("nan")])  # mean 2, sd 1, n 3, t 4.303
+    assert (low, high) == pytest.approx((2 - 4.303 / 3 ** 0.5, 2 + 4.303 / 3 ** 0.5))
+    assert all(math.isnan(v) for v in stats.mean_interval([1.0]))
