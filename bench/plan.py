@@ -2,7 +2,7 @@
 
 Two models keep the sweep inside the time budget on a 2-core CPU machine:
 - `tiny`: config/co_dino_tiny.py, a forward of tens of ms: shows what TorchServe itself costs (overhead case).
-- `r50_small`: the official Co-DINO R50 at test_scale 320x192: the real architecture, compute-bound.
+- `r50_small`: the official Co-DINO R50 at test_scale 256x160: the real architecture, compute-bound.
 The same plan runs on a GPU machine unchanged (the handler picks CUDA when TorchServe gives it a GPU).
 """
 
@@ -99,7 +99,7 @@ def r50_plan(scale: float = 1.0) -> ModelPlan:
     phases = (Phase("closed", concurrency=4, max_requests=4, max_seconds=20 * scale),
               Phase("open", rate_factor=0.5, max_requests=2, max_seconds=15 * scale))
     return ModelPlan("r50_small", REPO / "config" / "serve_co_dino_r50.py",
-                     {"test_scale": [320, 192], "warmup_runs": 1, "score_threshold": 0.3}, configs, phases,
+                     {"test_scale": [256, 160], "warmup_runs": 1, "score_threshold": 0.3}, configs, phases,
                      bs1="bs1_d0_w1_t1", tuned="bs4_d20_w1_t1", baseline="baseline_bs4_d20_w1_t1",
                      paired=PairedPlan(rounds=4, ceiling_batches=2, loaded_requests=8,
                                        loaded_seconds=60.0 * scale, light_requests=4,
