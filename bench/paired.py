@@ -235,12 +235,15 @@ def _loaded_split(rounds: list[dict]) -> dict[str, float]:
 
 
 def _light_split(rounds: list[dict]) -> dict[str, float]:
-    p50, forward = {}, {}
+    # Per round (median latency - mean forward), then averaged: pooled p50s minus pooled forwards would mix
+    # rounds of different speeds and can even come out negative.
+    p50, rest, forward = {}, {}, {}
     for side in ("tuned", "bs1"):
+        key = f"{side}_forward_ms"
         p50[side] = stats.percentile([ms for r in rounds for ms in r["light"][side]], 50)
-        forwards = [r["light"].get(f"{side}_forward_ms", float("nan")) for r in rounds]
-        forward[side] = _mean([ms for ms in forwards if ms == ms])
-    rest = {side: p50[side] - forward[side] for side in p50}
+        timed = [r["light"] for r in rounds if r["light"][side] and r["light"].get(key, 0) > 0]
+        forward[side] = _mean([light[key] for light in timed])
+        rest[side] = _mean([stats.percentile(light[side], 50) - light[key] for light in timed])
     return {"penalty_forward": stats.ratio(forward["tuned"], forward["bs1"]),
             "rest_tuned_ms": rest["tuned"], "rest_bs1_ms": rest["bs1"],
             "penalty_forward_equal": 1.0 + (rest["tuned"] - rest["bs1"]) / p50["bs1"]}
