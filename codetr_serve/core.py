@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from codetr_serve import codec, decode, detections
+from codetr_serve.allocator import keep_freed_memory
 from codetr_serve.errors import InferenceFailed, ModelNotReady, ServingError
 from codetr_serve.model_loader import LoadedDetector, build_detector, load_config
 from codetr_serve.pipeline import ImagePreparer, PreparedImage
@@ -110,6 +111,8 @@ class DetectorCore:
         """Load config and weights onto the device, apply precision settings, warm up."""
         s = self.settings
         cfg = load_config(s.config_path)
+        if s.keep_freed_memory and not keep_freed_memory():
+            log.warning("keep_freed_memory: this C library has no glibc mallopt; using its defaults")
         if s.torch_threads:
             # TorchServe 0.12 has no per-model thread count: workers inherit the server's environment, so
             # several CPU workers would each take every core and slow each other down.

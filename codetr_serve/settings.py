@@ -43,6 +43,7 @@ class ServingSettings:
     cudnn_benchmark: bool
     tf32: bool
     torch_threads: int
+    keep_freed_memory: bool
     warmup_runs: int
 
     @property
