@@ -3,8 +3,8 @@
 glibc serves large blocks with mmap and trims the heap once enough is free, adapting both thresholds to the
 sizes a process has freed before. A worker that runs one image at a time keeps returning its activation
 buffers and faulting them in again on the next forward: on CPU, `python -m bench.allocator` measured the
-single-image forward 12 % faster for `tiny` and 27 % faster for the R50 Co-DINO with both thresholds raised,
-for 20-180 MB more resident memory (docs/tuning.md). On a GPU worker only the CPU-side buffers (decode,
+single-image forward in 0.90x the time for `tiny` and 0.78x for the R50 Co-DINO with both thresholds raised,
+for 26-170 MB more resident memory (docs/tuning.md). On a GPU worker only the CPU-side buffers (decode,
 resize) are affected.
 """
 
