@@ -1,7 +1,7 @@
-"""Models built from the shipped official configs must have the official checkpoint layout.
+"""Models built from our serving configs must have the official checkpoints' state-dict layout.
 
 The reference layouts (tests/data/reference_layouts/*.tsv) list every state-dict key, shape and
-dtype of the models the upstream Co-DETR code builds from the same configs. An exact match is what
+dtype of the models the upstream Co-DETR code builds from the official configs. An exact match is what
 lets official checkpoints load with ``strict=True`` into our implementation.
 """
 
@@ -24,12 +24,11 @@ SWIN_L = "codino_swin_l_o365tococo_official_layout.tsv"
 
 Layout = dict[str, tuple[str, str]]
 
-# The serve_*.py variants change only the data pipeline; test_serving_configs.py checks that their
-# model dicts equal these, so building them again here would only cost time.
+# Our serving configs restate the official checkpoints' models; these layouts (from the official
+# checkpoints) are what they must reproduce for an official checkpoint to load strictly.
 CASES = [
-    ("co_dino_5scale_r50_lsj_8xb2_1x_coco.py", R50),
-    ("co_dino_5scale_r50_8xb2_1x_coco.py", R50),
-    ("co_dino_5scale_swin_l_16xb1_16e_o365tococo.py", SWIN_L),
+    ("serve_co_dino_r50.py", R50),
+    ("serve_co_dino_swin_l_o365tococo.py", SWIN_L),
 ]
 
 
@@ -66,7 +65,7 @@ def drop_pretrained(node: Any) -> None:
 
 
 def build_official(config_name: str) -> torch.nn.Module:
-    """Build (without init_weights) the model of a shipped config, as mmdet tools would."""
+    """Build (without init_weights) the model of one of our configs, as mmdet tools would."""
     cfg = Config.fromfile(str(CONFIG_DIR / config_name))  # custom_imports registers codetr_serve.models
     init_default_scope("mmdet")
     from mmdet.registry import MODELS
