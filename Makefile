@@ -11,7 +11,7 @@ setup:  ## create .venv with the pinned stack, then run the doctor
 	bash scripts/setup.sh
 
 doctor:  ## print the stack matrix and what is wrong with it
-	$(PY) -m codetr_serve.doctor
+	$(PY) -m codetr_serve.tools.doctor
 
 test:  ## the whole suite (unit, integration, e2e against a real TorchServe)
 	$(PY) -m pytest
@@ -46,7 +46,7 @@ archive:  ## build model_store/$(MODEL_NAME).mar from CONFIG/CHECKPOINT (tiny de
 serve: archive  ## start TorchServe in the foreground on the model store (Ctrl-C or `make stop` to end)
 	@echo "Once 'Model $(MODEL_NAME) loaded' shows, in another shell:"
 	@echo '  curl -H "Authorization: Bearer $$(python3 -c "import json;print(json.load(open(\"key_file.json\"))[\"inference\"][\"key\"])")" -H "Content-Type: image/jpeg" --data-binary @your_image.jpg http://127.0.0.1:8080/predictions/$(MODEL_NAME)'
-	@echo "  or: .venv/bin/python -m codetr_serve.client your_image.jpg --draw boxes.png"
+	@echo "  or: .venv/bin/python -m codetr_serve.tools.client your_image.jpg --draw boxes.png"
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/torchserve --start --ncs --foreground \
 	  --ts-config config/config.properties --model-store model_store \
 	  --models $(MODEL_NAME)=$(MODEL_FILE) $(TS_FLAGS)

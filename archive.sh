@@ -6,4 +6,4 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON_BIN:-$here/.venv/bin/python}
 [ -x "$python" ] || { echo "archive.sh: $python not found; run 'make setup' first" >&2; exit 1; }
-exec "$python" -m codetr_serve.archive "$@"
+exec "$python" -m codetr_serve.tools.archive "$@"

@@ -7,7 +7,7 @@ glibc hands large blocks back to the kernel (mmap/munmap, heap trimming) and ada
 sizes a process has freed before, so a worker that only ever ran one image at a time can fault its
 activations in afresh on every forward, while one that ran batches has raised its thresholds. Copy A runs
 with the handler setting `keep_freed_memory: false` (glibc's defaults), copy B with `true` (both thresholds
-raised, codetr_serve/allocator.py); both are pinned to the same core and called alternately (A B B A ...),
+raised, runtime/allocator.py); both are pinned to the same core and called alternately (A B B A ...),
 so the machine's drift lands on both. Prints a table per block and writes JSON to bench/results/.
 """
 

@@ -21,9 +21,9 @@ class MMDetStyleBaselineHandler(BaseHandler):
         """init_detector on the flattened config, then our safetensors weights (no pickle)."""
         from mmdet.apis import init_detector
 
-        from codetr_serve.model_loader import load_config
         from codetr_serve.models import apply_test_scale
-        from codetr_serve.weights import load_serving_weights
+        from codetr_serve.runtime.model_loader import load_config
+        from codetr_serve.runtime.weights import load_serving_weights
 
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])

@@ -18,8 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     import torch
 
-    from codetr_serve.model_loader import build_detector, load_config
-    from codetr_serve.weights import load_serving_weights
+    from codetr_serve.runtime.model_loader import build_detector, load_config
+    from codetr_serve.runtime.weights import load_serving_weights
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -28,8 +28,8 @@ class InProcessModel:
     """Our DetectorCore with one batch of identical requests ready to send."""
 
     def __init__(self, model_dir: Path, handler: dict, batch: int, image: bytes) -> None:
-        from codetr_serve.core import DetectorCore
-        from codetr_serve.settings import build_settings
+        from codetr_serve.runtime.core import DetectorCore
+        from codetr_serve.runtime.settings import build_settings
 
         self.device = "cuda:0" if torch.cuda.is_available() else "cpu"
         self.batch = batch

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from codetr_serve.local_torchserve import free_ports, write_ts_config
+from codetr_serve.tools.local_torchserve import free_ports, write_ts_config
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent

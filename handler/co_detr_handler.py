@@ -1,4 +1,4 @@
-"""TorchServe handler for Co-DETR: a thin adapter over codetr_serve.core.DetectorCore.
+"""TorchServe handler for Co-DETR: a thin adapter over codetr_serve.runtime.core.DetectorCore.
 
 TorchServe loads this file by path and wants exactly one handler class in it; everything else lives in the
 `codetr_serve` package packed beside it in the .mar.
@@ -13,9 +13,9 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from codetr_serve.core import DetectorCore
-from codetr_serve.metrics import batch_metrics
-from codetr_serve.settings import settings_from_context
+from codetr_serve.runtime.core import DetectorCore
+from codetr_serve.runtime.metrics import batch_metrics
+from codetr_serve.runtime.settings import settings_from_context
 
 log = logging.getLogger(__name__)
 

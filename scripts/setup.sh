@@ -109,4 +109,4 @@ pip_install -r "$here/requirements/runtime.txt" -r "$here/requirements/dev.txt"
 pip_install --no-deps --no-build-isolation -e "$here"
 install_java
 log "checking the stack"
-"$venv/bin/python" -m codetr_serve.doctor
+"$venv/bin/python" -m codetr_serve.tools.doctor

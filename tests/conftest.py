@@ -25,7 +25,7 @@ def encode_image(width: int, height: int, fmt: str = "JPEG", seed: int = 0) -> b
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model dir like TorchServe unpacks: flattened config + safetensors of seeded random weights."""
-    from codetr_serve.packaging import pack_model_dir
+    from codetr_serve.convert.model_dir import pack_model_dir
 
     out = tmp_path_factory.mktemp("tiny_model")
     pack_model_dir(config_path=TINY_CONFIG, checkpoint_path=None, out_dir=out, seed=0)

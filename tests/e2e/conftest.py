@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from codetr_serve.local_torchserve import free_ports, write_ts_config
-from codetr_serve.torchserve_api import TorchServeClient, read_keys
+from codetr_serve.tools.local_torchserve import free_ports, write_ts_config
+from codetr_serve.tools.torchserve_api import TorchServeClient, read_keys
 from tests.conftest import REPO, TINY_CONFIG
 
 VENV_BIN = Path(sys.executable).parent

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codetr_serve.model_loader import load_config
-from codetr_serve.packaging import random_checkpoint
+from codetr_serve.convert.model_dir import random_checkpoint
+from codetr_serve.runtime.model_loader import load_config
 from tests.conftest import TINY_CONFIG
 from tests.e2e.conftest import run_archive
 

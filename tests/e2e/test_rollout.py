@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from codetr_serve.rollout import manifest_version, roll_out
+from codetr_serve.tools.rollout import manifest_version, roll_out
 from tests.conftest import TINY_CONFIG, encode_image
 from tests.e2e.conftest import run_archive
 

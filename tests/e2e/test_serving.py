@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from codetr_serve.schemas import validate
+from tests.response_schema import validate
 from tests.conftest import encode_image
 
 pytestmark = pytest.mark.e2e
@@ -115,7 +115,7 @@ def test_requests_without_token_are_refused(server):
 def test_cli_client_prints_detections_and_draws_them(server, tmp_path, capsys):
     from PIL import Image
 
-    from codetr_serve.client import main
+    from codetr_serve.tools.client import main
 
     image, drawing = tmp_path / "photo.jpg", tmp_path / "boxes.png"
     image.write_bytes(JPEG)

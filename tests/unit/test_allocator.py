@@ -1,16 +1,16 @@
-"""codetr_serve.allocator: with the thresholds raised, memory freed by a forward stays in the worker."""
+"""runtime.allocator: with the thresholds raised, memory freed by a forward stays in the worker."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from codetr_serve.settings import build_settings
+from codetr_serve.runtime.settings import build_settings
 
 # Allocate and fill 256 MiB, free it, and report how much resident memory the free gave back (MiB).
 PROBE = """
 import os, sys
-from codetr_serve.allocator import keep_freed_memory
+from codetr_serve.runtime.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def rss():

@@ -19,10 +19,10 @@ from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.runner.checkpoint import save_checkpoint
 from torch import nn
 
-from codetr_serve.checkpoint import read_checkpoint
-from codetr_serve.checkpoint_allowlist import InertObject, InertReference
-from codetr_serve.errors import ServingError
-from codetr_serve.weight_errors import (
+from codetr_serve.convert.checkpoint import read_checkpoint
+from codetr_serve.convert.checkpoint_allowlist import InertObject, InertReference
+from codetr_serve.runtime.errors import ServingError
+from codetr_serve.runtime.weight_errors import (
     CheckpointCorrupt,
     CheckpointFormatError,
     CheckpointNotFound,
@@ -179,7 +179,7 @@ def test_malicious_payload_is_refused_and_never_runs(tmp_path: Path, zip_format:
 
     assert not marker.exists()
     assert info.value.offending == ("posix.system",)
-    assert "posix.system" in str(info.value) and "codetr_serve.weights export" in str(info.value)
+    assert "posix.system" in str(info.value) and "codetr_serve.convert.export" in str(info.value)
     assert isinstance(info.value, ServingError) and info.value.status == 500
 
 

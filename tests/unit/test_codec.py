@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from codetr_serve.codec import ParsedRequest, RequestLimits, RequestOptions, parse_request
-from codetr_serve.errors import (
+from codetr_serve.runtime.codec import ParsedRequest, RequestLimits, RequestOptions, parse_request
+from codetr_serve.runtime.errors import (
     EmptyInput,
     InvalidBase64,
     InvalidJSON,

@@ -6,11 +6,11 @@ import pytest
 import torch
 from mmcv.transforms import Compose
 
-from codetr_serve.core import DetectorCore, canvas_groups
-from codetr_serve.decode import DecodeLimits, decode_image
-from codetr_serve.model_loader import load_config
-from codetr_serve.pipeline import PreparedImage, serving_pipeline
-from codetr_serve.settings import build_settings
+from codetr_serve.runtime.core import DetectorCore, canvas_groups
+from codetr_serve.runtime.decode import DecodeLimits, decode_image
+from codetr_serve.runtime.model_loader import load_config
+from codetr_serve.runtime.pipeline import PreparedImage, serving_pipeline
+from codetr_serve.runtime.settings import build_settings
 from tests.conftest import TINY_CONFIG, encode_image
 
 
@@ -94,7 +94,7 @@ def test_preparation_equals_mmdets_own_file_pipeline(tmp_path):
     path.write_bytes(data)
     file_steps = [s for s in cfg.test_dataloader.dataset.pipeline if s["type"] != "LoadAnnotations"]
     reference = Compose(file_steps)({"img_path": str(path), "img_id": 0})
-    from codetr_serve.pipeline import ImagePreparer
+    from codetr_serve.runtime.pipeline import ImagePreparer
 
     ours = ImagePreparer(cfg)(decode_image(data, DecodeLimits()))
     assert torch.equal(ours.inputs, reference["inputs"])

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codetr_serve import decode as decode_module
-from codetr_serve.decode import DecodeLimits, decode_image, read_header
-from codetr_serve.errors import (
+from codetr_serve.runtime import decode as decode_module
+from codetr_serve.runtime.decode import DecodeLimits, decode_image, read_header
+from codetr_serve.runtime.errors import (
     EmptyInput,
     ImageTooLarge,
     ImageTooSmall,

@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from codetr_serve import doctor
-from codetr_serve.doctor_checks import COMPONENTS, Finding, StackFacts, check_java, run_checks, version_key
+from codetr_serve.tools import doctor
+from codetr_serve.tools.doctor_checks import (
+    COMPONENTS,
+    Finding,
+    StackFacts,
+    check_java,
+    run_checks,
+    version_key,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -51,8 +58,8 @@ def main_with(monkeypatch: pytest.MonkeyPatch, facts: StackFacts, *argv: str) ->
 
 
 def run_doctor(*argv: str) -> subprocess.CompletedProcess[str]:
-    """`python -m codetr_serve.doctor` with the venv's interpreter, as `make doctor` runs it."""
-    return subprocess.run([PYTHON, "-m", "codetr_serve.doctor", *argv], cwd=REPO, capture_output=True,
+    """`python -m codetr_serve.tools.doctor` with the venv's interpreter, as `make doctor` runs it."""
+    return subprocess.run([PYTHON, "-m", "codetr_serve.tools.doctor", *argv], cwd=REPO, capture_output=True,
                           text=True, timeout=300, check=False)
 
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from codetr_serve import errors
-from codetr_serve.errors import (
+from codetr_serve.runtime import errors
+from codetr_serve.runtime.errors import (
     EmptyInput,
     ImageTooLarge,
     ImageTooSmall,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from mmdet.apis import inference_detector, init_detector
 
-from codetr_serve.core import DetectorCore
-from codetr_serve.packaging import CONFIG_NAME
-from codetr_serve.settings import build_settings
-from codetr_serve.weights import load_serving_weights
+from codetr_serve.convert.model_dir import CONFIG_NAME
+from codetr_serve.runtime.core import DetectorCore
+from codetr_serve.runtime.settings import build_settings
+from codetr_serve.runtime.weights import load_serving_weights
 from tests.conftest import encode_image
 
 

@@ -6,7 +6,7 @@ import torch
 from mmcv.ops import MultiScaleDeformableAttention
 from torch import nn
 
-from codetr_serve.precision import deformable_attention_types, inference_precision, keep_in_fp32
+from codetr_serve.runtime.precision import deformable_attention_types, inference_precision, keep_in_fp32
 
 
 class Recorder(nn.Module):

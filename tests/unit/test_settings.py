@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from codetr_serve.settings import SettingsError, build_settings, load_defaults, settings_from_context
+from codetr_serve.runtime.settings import SettingsError, build_settings, load_defaults, settings_from_context
 
 
 def test_defaults_come_from_the_packaged_yaml():

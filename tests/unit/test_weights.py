@@ -11,16 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from codetr_serve.checkpoint import Checkpoint, read_checkpoint
-from codetr_serve.weight_errors import ServingWeightsError, StateDictMismatch
-from codetr_serve.weights import (
+from codetr_serve.convert.checkpoint import Checkpoint, read_checkpoint
+from codetr_serve.convert.export import export_safetensors, main
+from codetr_serve.runtime.weight_errors import ServingWeightsError, StateDictMismatch
+from codetr_serve.runtime.weights import (
     FORMAT,
     META_FILE,
     WEIGHTS_FILE,
     apply_state_dict,
-    export_safetensors,
     load_serving_weights,
-    main,
 )
 
 

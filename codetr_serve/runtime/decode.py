@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from codetr_serve.errors import (
+from codetr_serve.runtime.errors import (
     EmptyInput,
     ImageTooLarge,
     ImageTooSmall,

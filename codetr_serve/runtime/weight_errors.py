@@ -1,7 +1,7 @@
 """Errors of the weights layer (checkpoint reading, safetensors export/load, state-dict application).
 
 All of them mean the *server's* model file is wrong, never the client's request, so they are 500s. Each
-message says what is wrong and how to fix it; the codes are stable (see :mod:`codetr_serve.errors`).
+message says what is wrong and how to fix it; the codes are stable (see :mod:`codetr_serve.runtime.errors`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from codetr_serve.errors import ServingError
+from codetr_serve.runtime.errors import ServingError
 
 __all__ = [
     "WeightsError",
@@ -28,7 +28,7 @@ MAX_LISTED_KEYS = 20
 CONVERT_HINT = (
     "Fix: on a trusted, isolated machine, load the file with the tool that produced it and re-save only the "
     "weights and class names, e.g. torch.save({'state_dict': ckpt['state_dict'], 'meta': {'dataset_meta': "
-    "{'classes': classes}}}, 'clean.pth'); then convert that with `python -m codetr_serve.weights export "
+    "{'classes': classes}}}, 'clean.pth'); then convert that with `python -m codetr_serve.convert.export "
     "clean.pth OUT_DIR` (or archive.sh) and serve the safetensors directory."
 )
 

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from codetr_serve.errors import (
+from codetr_serve.runtime.errors import (
     EmptyInput,
     InvalidBase64,
     InvalidJSON,

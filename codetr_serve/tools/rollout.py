@@ -8,7 +8,7 @@ unregistered (the client never gets an answer). Its job queue is FIFO, so after 
 straight to the old version; when the probe is answered, everything queued before it has been answered too.
 Needs the management API with the model API enabled (torchserve --enable-model-api).
 
-    python -m codetr_serve.rollout --mar co_detr_v2.mar --model co_detr --workers 1
+    python -m codetr_serve.tools.rollout --mar co_detr_v2.mar --model co_detr --workers 1
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from codetr_serve.torchserve_api import TorchServeClient
+from codetr_serve.tools.torchserve_api import TorchServeClient
 
 
 def manifest_version(mar: str, model_store: Path) -> str:

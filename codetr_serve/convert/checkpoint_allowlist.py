@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from codetr_serve.weight_errors import CheckpointFormatError, UnsafeCheckpoint
+from codetr_serve.runtime.weight_errors import CheckpointFormatError, UnsafeCheckpoint
 
 # Plain dtypes only: bool, ints, floats, complex, fixed-size str/bytes. Object ('O'), structured and
 # sub-array dtypes are refused because they would let the pickle smuggle in arbitrary Python objects.

@@ -1,6 +1,6 @@
 """Command-line client: post an image, print the detections, optionally draw them.
 
-    python -m codetr_serve.client photo.jpg --draw photo.boxes.png
+    python -m codetr_serve.tools.client photo.jpg --draw photo.boxes.png
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from codetr_serve.torchserve_api import TorchServeClient
+from codetr_serve.tools.torchserve_api import TorchServeClient
 
 
 def draw_detections(image_bytes: bytes, response: dict, out_path: Path) -> None:

@@ -42,7 +42,7 @@ def build_detector(cfg: Config, weights_dir: Path | None, device: str, seed: int
     model = MODELS.build(cfg.model)
     meta: dict = {}
     if weights_dir is not None:
-        from codetr_serve.weights import apply_state_dict, load_serving_weights
+        from codetr_serve.runtime.weights import apply_state_dict, load_serving_weights
 
         state_dict, meta = load_serving_weights(weights_dir)
         report = apply_state_dict(model, state_dict)

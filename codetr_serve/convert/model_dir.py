@@ -13,9 +13,10 @@ from pathlib import Path
 
 import torch
 
-from codetr_serve.checkpoint import Checkpoint, read_checkpoint
-from codetr_serve.model_loader import load_config
-from codetr_serve.weights import apply_state_dict, export_safetensors
+from codetr_serve.convert.checkpoint import Checkpoint, read_checkpoint
+from codetr_serve.convert.export import export_safetensors
+from codetr_serve.runtime.model_loader import load_config
+from codetr_serve.runtime.weights import apply_state_dict
 
 CONFIG_NAME = "model_config.py"
 WEIGHTS_DIR = "weights"

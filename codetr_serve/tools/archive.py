@@ -1,4 +1,4 @@
-"""Build a TorchServe model archive: `archive.sh` is a thin wrapper around `python -m codetr_serve.archive`.
+"""Build a TorchServe model archive (`archive.sh` wraps `python -m codetr_serve.tools.archive`).
 
 config + checkpoint -> validated safetensors model dir + handler + our package + model-config.yaml -> .mar
 (or a no-archive folder). The version defaults to a hash of everything packed, so a changed model gets a new
@@ -14,10 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from codetr_serve.checkpoint import file_sha256
+from codetr_serve.runtime.weights import file_sha256
 
-REPO = Path(__file__).resolve().parents[1]
-PACKAGE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = Path(__file__).resolve().parents[1]
+# What a TorchServe worker imports: packed into every archive and hashed into its version. Archive-time
+# conversion (convert/) and operator tools (tools/) stay out, so editing them never makes a "new model".
+WORKER_PARTS = ("__init__.py", "runtime", "models", "ops")
 HANDLER = REPO / "handler" / "co_detr_handler.py"
 STAMP_SUFFIX = ".inputs-sha256"
 
@@ -35,12 +38,17 @@ def _progress_printer(label: str):
 
 
 def package_files() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    """The worker-side files of our package, in a stable order."""
+    files = []
+    for part in WORKER_PARTS:
+        path = PACKAGE / part
+        files += [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sorted(p for p in files if "__pycache__" not in p.parts)
 
 
 def inputs_digest(config: Path, checkpoint: Path | None, model_config: Path, seed: int) -> str:
     """One hash over everything that ends up in the archive, computed before any conversion work."""
-    from codetr_serve.model_loader import load_config
+    from codetr_serve.runtime.model_loader import load_config
 
     digest = hashlib.sha256()
     digest.update(load_config(config).pretty_text.encode())  # the flattened config, bases included
@@ -58,13 +66,16 @@ def archive_path(out: Path, name: str, fmt: str) -> Path:
 
 
 def stage(args: argparse.Namespace, staging: Path) -> Path:
-    """Model dir + a copy of our package, laid out as the archive's root."""
-    from codetr_serve.packaging import pack_model_dir
+    """Model dir + the worker side of our package, laid out as the archive's root."""
+    from codetr_serve.convert.model_dir import pack_model_dir
 
     root = staging / "extra"
     print(f"validating and converting weights ({args.checkpoint or 'random weights'})", flush=True)
     pack_model_dir(args.config, args.checkpoint, root, seed=args.seed)
-    shutil.copytree(PACKAGE, root / "codetr_serve", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in package_files():
+        target = root / "codetr_serve" / path.relative_to(PACKAGE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
     return root
 
 
@@ -113,7 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from codetr_serve.errors import ServingError
+    from codetr_serve.runtime.errors import ServingError
 
     try:
         return build(args)

@@ -17,18 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from codetr_serve import codec, decode, detections
-from codetr_serve.allocator import keep_freed_memory
-from codetr_serve.errors import InferenceFailed, ModelNotReady, ServingError
-from codetr_serve.model_loader import LoadedDetector, build_detector, load_config
-from codetr_serve.pipeline import ImagePreparer, PreparedImage
-from codetr_serve.precision import (
+from codetr_serve.runtime import codec, decode, detections
+from codetr_serve.runtime.allocator import keep_freed_memory
+from codetr_serve.runtime.errors import InferenceFailed, ModelNotReady, ServingError
+from codetr_serve.runtime.model_loader import LoadedDetector, build_detector, load_config
+from codetr_serve.runtime.pipeline import ImagePreparer, PreparedImage
+from codetr_serve.runtime.precision import (
     configure_cuda,
     deformable_attention_types,
     inference_precision,
     keep_in_fp32,
 )
-from codetr_serve.settings import ServingSettings
+from codetr_serve.runtime.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 

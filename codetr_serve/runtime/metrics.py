@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from codetr_serve.core import BatchStats
+from codetr_serve.runtime.core import BatchStats
 
 MetricKind = Literal["counter", "gauge"]
 

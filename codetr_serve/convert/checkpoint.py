@@ -3,32 +3,32 @@
 ``read_checkpoint`` accepts official mmengine ``.pth`` files (``{'meta', 'state_dict', ...}``; the training
 state under ``optimizer``/``message_hub``/``param_schedulers`` is dropped) and bare state dicts, strips a
 DataParallel ``module.`` prefix, and loads with ``torch.load(weights_only=True)`` plus the explicit allowlist
-of :mod:`codetr_serve.checkpoint_allowlist`. Anything outside it raises :class:`UnsafeCheckpoint` naming the
+of :mod:`.checkpoint_allowlist`. Anything outside it raises :class:`UnsafeCheckpoint` naming the
 offending globals; the file is statically scanned first, so for zip checkpoints nothing is even unpickled.
 """
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from codetr_serve.checkpoint_allowlist import ALLOWED_NAMES, SAFE_GLOBALS, materialize
-from codetr_serve.weight_errors import (
+from codetr_serve.convert.checkpoint_allowlist import ALLOWED_NAMES, SAFE_GLOBALS, materialize
+from codetr_serve.runtime.weight_errors import (
     CheckpointCorrupt,
     CheckpointFormatError,
     CheckpointNotFound,
     UnsafeCheckpoint,
     format_keys,
 )
+from codetr_serve.runtime.weights import file_sha256
 
-__all__ = ["Checkpoint", "read_checkpoint", "file_sha256", "ALLOWED_NAMES"]
+__all__ = ["Checkpoint", "read_checkpoint", "ALLOWED_NAMES"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"  # legacy (pre-1.6, non-zip) torch files are a pickle stream from the first byte
@@ -55,24 +55,8 @@ class Checkpoint:
     source: Path | None = field(default=None, compare=False)
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22,
-                progress: Callable[[int, int], None] | None = None) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks so multi-GB checkpoints don't need the memory.
-
-    ``progress(bytes_done, bytes_total)`` is called after each chunk when given.
-    """
-    digest, total, done = hashlib.sha256(), Path(path).stat().st_size, 0
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-            done += len(block)
-            if progress is not None:
-                progress(done, total)
-    return digest.hexdigest()
-
-
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint safely; raises a :class:`~codetr_serve.weight_errors.WeightsError` subclass."""
+    """Read a checkpoint safely; raises a :class:`~codetr_serve.runtime.weight_errors.WeightsError`."""
     path = Path(path)
     if not path.is_file():
         what = "is not a regular file" if path.exists() else "does not exist"

@@ -1,7 +1,7 @@
 """The response schema ``codetr-serve/detections/v1``: model outputs -> a JSON-ready dict.
 
-The shape is described in ``docs/schema.md`` and machine-checkable with ``codetr_serve/schemas/
-detections.v1.json`` (see :func:`codetr_serve.schemas.validate`). Versioning: adding fields keeps ``v1``
+The shape is described in ``docs/schema.md`` and machine-checkable with ``docs/detections.v1.json`` (the
+tests validate replies with ``jsonschema``). Versioning: adding fields keeps ``v1``
 (clients must ignore fields they do not know); renaming, removing or changing the meaning of a field bumps
 the version in ``SCHEMA_ID``.
 """

@@ -1,4 +1,4 @@
-"""`python -m codetr_serve.doctor`: print the serving stack's version matrix and what is wrong with it.
+"""`python -m codetr_serve.tools.doctor`: print the serving stack's version matrix and what is wrong with it.
 
 Exit status 0 when the stack can serve (no error findings), 1 otherwise; `--json` for machines.
 Every probe catches its own failure, so a broken stack is diagnosed instead of crashing the doctor.
@@ -23,12 +23,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from codetr_serve.doctor_checks import COMPONENTS, SEVERITY_RANK, Finding, StackFacts, run_checks
+from codetr_serve.tools.doctor_checks import COMPONENTS, SEVERITY_RANK, Finding, StackFacts, run_checks
 
 Facts = MutableMapping[str, Any]
 PROBE_TIMEOUT_S = 30
 CONSTRAINTS = Path("requirements") / "constraints.txt"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # --- pure parsers (the probes feed them command output and file text) -------------------------------------
 
@@ -286,7 +286,8 @@ def render_json(facts: StackFacts, findings: list[Finding]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Gather facts, run the checks, print; 0 when the stack can serve, 1 when an error finding exists."""
-    parser = argparse.ArgumentParser(prog="python -m codetr_serve.doctor", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m codetr_serve.tools.doctor",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
     facts = gather_facts()

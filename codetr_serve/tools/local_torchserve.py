@@ -10,7 +10,7 @@ import re
 import socket
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APIS = ("inference", "management", "metrics")
 
 
