@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Build the codetr-serve container image (docker/Dockerfile) with docker, or with buildah where no Docker
+# daemon answers. `make image` runs `docker/build.sh image`; `make image-base` runs `docker/build.sh base`.
+#
+#   docker/build.sh image    build the image (CPU by default)
+#   docker/build.sh base     make a local Debian bookworm base image (for machines that cannot pull from
+#                            Docker Hub): mmdebstrap -> localhost/debian:bookworm-slim
+#
+# Variables (all optional):
+#   VARIANT          cpu (default) or cuda
+#   TORCH_CUDA       PyTorch index flavour: cpu for VARIANT=cpu, cu128 by default for VARIANT=cuda
+#   TORCH_CUDA_ARCH_LIST  GPU architectures mmcv's CUDA kernels are compiled for (default "8.9;9.0":
+#                    RTX 4090 / L4 / L40S and H100 / H200)
+#   IMAGE            tag to build (default codetr-serve:<TORCH_CUDA>)
+#   BASE_IMAGE       base of both stages (default docker.io/library/debian:bookworm-slim; when buildah
+#                    builds and localhost/debian:bookworm-slim exists, that local base is used)
+#   WHEEL_CACHE      folder with a prebuilt mmcv-2.1.0-cp311-*.whl (CUDA builds in a <TORCH_CUDA>/ subfolder,
+#                    the layout scripts/setup.sh uses); copied into the build context, else mmcv is compiled
+#   TORCH_WHEEL_DIR  folder with a torch-<pin>+<TORCH_CUDA>-cp311-*.whl to use instead of an index
+#   ENGINE           docker or buildah (default: docker if its daemon answers, else buildah)
+#   MAX_JOBS         parallel compile jobs in the builder (default: all cores of the build machine)
+#   PIP_CERT         a CA bundle for pip in the builder (hosts behind a TLS-inspecting proxy)
+#   BUILD_FLAGS      extra flags for `docker build` / `buildah bud`, e.g. --no-cache
+#
+# buildah here uses /var/lib/containers/storage with the overlay driver (native on ext4/xfs as root). Where
+# overlay is not available (rootless, nested containers), set STORAGE_DRIVER=vfs: slower and bigger, but works.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+LOCAL_BASE=localhost/debian:bookworm-slim
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'docker/build.sh: %s\n' "$*" >&2; exit 1; }
+
+pick_engine() {
+  if [ -n "${ENGINE:-}" ]; then echo "$ENGINE"; return; fi
+  if command -v docker >/dev/null && timeout 10 docker info >/dev/null 2>&1; then echo docker; return; fi
+  command -v buildah >/dev/null && { echo buildah; return; }
+  die "neither a Docker daemon nor buildah is available (Debian/Ubuntu: apt-get install buildah podman)"
+}
+
+image_exists() {
+  case "$1" in
+    docker) docker image inspect "$2" >/dev/null 2>&1 ;;
+    *) buildah inspect --type image "$2" >/dev/null 2>&1 ;;
+  esac
+}
+
+make_base() {
+  # A minbase bookworm with the same dpkg excludes as the official slim image (no man pages, docs, locales).
+  command -v mmdebstrap >/dev/null || die "mmdebstrap is missing (apt-get install mmdebstrap)"
+  local tar=.cache/images/debian-bookworm-slim.tar engine; engine=$(pick_engine)
+  mkdir -p "$(dirname "$tar")"
+  say "mmdebstrap --variant=minbase bookworm -> $tar"
+  mmdebstrap --variant=minbase --aptopt='Acquire::Languages "none"' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
+    bookworm "$tar"
+  say "importing it as $LOCAL_BASE"
+  if [ "$engine" = docker ]; then
+    docker import --change 'CMD ["bash"]' "$tar" "$LOCAL_BASE"
+  else
+    podman import --change 'CMD=["bash"]' "$tar" "$LOCAL_BASE" >/dev/null
+  fi
+  rm -f "$tar"
+}
+
+unstage() { find docker/wheels -mindepth 1 ! -name .gitkeep -exec rm -rf {} +; }
+
+# Copy the optional prebuilt wheels into the build context: docker/wheels/ (CPU) or docker/wheels/<flavour>/.
+# They are removed again when the build ends.
+stage_wheels() {
+  local flavour=$1 dest=docker/wheels sub=""
+  [ "$flavour" = cpu ] || sub=$flavour
+  unstage
+  trap unstage EXIT
+  mkdir -p "$dest/$sub"
+  local cache=${WHEEL_CACHE:-.cache/wheels} whl torch_pin
+  for whl in "$cache/${sub:+$sub/}"mmcv-2.1.0-cp311-*.whl; do
+    [ -f "$whl" ] && { cp -l "$whl" "$dest/$sub/" 2>/dev/null || cp "$whl" "$dest/$sub/"; say "mmcv wheel: $whl"; }
+  done
+  torch_pin=$(sed -n 's/^torch==//p' requirements/constraints.txt)
+  # Behind a TLS-inspecting proxy pip needs the host's CA bundle (PIP_CERT); the builder stage uses it.
+  if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then cp "$PIP_CERT" "$dest/ca-bundle.pem"; say "CA bundle: $PIP_CERT"; fi
+  if [ -n "${TORCH_WHEEL_DIR:-}" ]; then
+    for whl in "$TORCH_WHEEL_DIR"/torch-"$torch_pin"+"$flavour"-cp311-*.whl; do
+      [ -f "$whl" ] && { cp -l "$whl" "$dest/" 2>/dev/null || cp "$whl" "$dest/"; say "torch wheel: $whl"; }
+    done
+  fi
+  return 0
+}
+
+build_image() {
+  local variant=${VARIANT:-cpu} flavour engine base tag start
+  case "$variant" in
+    cpu) flavour=${TORCH_CUDA:-cpu} ;;
+    cuda) flavour=${TORCH_CUDA:-cu128} ;;
+    *) die "VARIANT must be cpu or cuda, not '$variant'" ;;
+  esac
+  [ "$variant" = cpu ] && [ "$flavour" != cpu ] && die "VARIANT=cpu needs TORCH_CUDA=cpu (got $flavour)"
+  [ "$variant" = cuda ] && [ "$flavour" = cpu ] && die "VARIANT=cuda needs a CUDA flavour such as cu128"
+  engine=$(pick_engine)
+  tag=${IMAGE:-codetr-serve:$flavour}
+  base=${BASE_IMAGE:-}
+  if [ -z "$base" ]; then
+    base=docker.io/library/debian:bookworm-slim
+    if [ "$engine" = buildah ] && image_exists buildah "$LOCAL_BASE"; then
+      base=$LOCAL_BASE
+      say "using the local base $LOCAL_BASE (made by 'make image-base'); BASE_IMAGE=... overrides"
+    fi
+  fi
+  stage_wheels "$flavour"
+  local args=(${BUILD_FLAGS:-} --build-arg "BASE_IMAGE=$base" --build-arg "TORCH_CUDA=$flavour"
+              --build-arg "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.9;9.0}"
+              --build-arg "MAX_JOBS=${MAX_JOBS:-}" -f docker/Dockerfile -t "$tag")
+  say "building $tag ($variant, torch flavour $flavour) from $base with $engine"
+  start=$(date +%s)
+  if [ "$engine" = docker ]; then
+    DOCKER_BUILDKIT=1 docker build "${args[@]}" .
+  else
+    local pull=(--pull)
+    case "$base" in localhost/*) pull=(--pull-never) ;; esac
+    # chroot isolation: this kind of VM cannot run the OCI runtime (crun: setrlimit RLIMIT_NOFILE denied).
+    # --format docker: OCI image configs have no HEALTHCHECK and no SHELL.
+    buildah bud --isolation chroot --format docker --layers "${pull[@]}" "${args[@]}" .
+  fi
+  say "built $tag in $(( $(date +%s) - start )) s"
+  if [ "$engine" = docker ]; then
+    docker image inspect --format '{{.Size}}' "$tag" | awk '{printf "==> image size: %.2f GB (uncompressed)\n", $1/1e9}'
+  else
+    buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -F "${tag#localhost/}" | head -n1 \
+      | sed 's/^/==> image size: /'
+  fi
+}
+
+case "${1:-image}" in
+  image) build_image ;;
+  base) make_base ;;
+  *) die "usage: docker/build.sh [image|base]" ;;
+esac
