@@ -1,0 +1,188 @@
+"""KServe's v2 protocol (the Open Inference Protocol) over REST, for image files in one BYTES tensor.
+
+TorchServe 0.12 serves it at ``POST /v2/models/<model>/infer`` and hands the handler the same body as
+/predictions, so the body's shape picks this protocol: a JSON object with ``inputs`` (and no ``image``).
+
+Request: exactly one input tensor, ``"datatype": "BYTES"``, one element per image, each the image file
+base64-encoded (JSON strings cannot carry raw bytes; with Triton's binary extension, see binary_tensors.py,
+an element is the raw file). ``shape`` must hold as many elements as ``data`` ([n] for n images; nested
+shapes are read in row-major order). Options ``score_threshold`` / ``max_detections`` come from the
+``X-Score-Threshold`` / ``X-Max-Detections`` headers, then the request's ``parameters``, then the input's
+``parameters`` (later wins); they apply to every image. ``outputs``, if sent, may only name ``detections``.
+
+Reply: ``model_name``, ``model_version``, the request's ``id`` when it sent one, and one output tensor
+``{"name": "detections", "shape": [n], "datatype": "BYTES", "data": [...]}`` whose element i is a JSON
+string: the detections document of image i, or ``{"error": {...}}`` for that image alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from codetr_serve.runtime import codec
+from codetr_serve.runtime.codec import ParsedRequest, RequestLimits
+from codetr_serve.runtime.detections import ModelInfo
+from codetr_serve.runtime.errors import (
+    EmptyInput,
+    InvalidEnvelope,
+    InvalidJSON,
+    PayloadTooLarge,
+    ServingError,
+)
+from codetr_serve.runtime.protocol.base import (
+    Answer,
+    Body,
+    Envelope,
+    ImageItem,
+    WireProtocol,
+    decode_element,
+    image_count_within,
+    json_type,
+    kserve_error_body,
+    overall,
+)
+from codetr_serve.runtime.protocol.binary_tensors import split_bytes_elements
+
+OUTPUT_NAME = "detections"
+_EXAMPLE = ('{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", '
+            '"data": ["<base64 of the image file>"]}]}')
+
+
+class KServeV2(WireProtocol):
+    name = "kserve-v2"
+    accepts_binary = True
+
+    def claims(self, payload: Any) -> bool:
+        return isinstance(payload, Mapping) and "inputs" in payload and "image" not in payload
+
+    def parse(self, request: Mapping[str, Any], body: Body, headers: Mapping[str, Any],
+              limits: RequestLimits) -> Envelope:
+        payload = body.payload
+        request_id = payload.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise InvalidEnvelope(f'"id" must be a string, got {json_type(request_id)}; send e.g. '
+                                  '"id": "frame-42", or leave it out.')
+        tensor = _single_input(payload["inputs"])
+        _check_outputs(payload.get("outputs"))
+        elements = _elements(tensor, body.binary)
+        image_count_within(len(elements), limits)
+        sources = [codec.options_from_headers(headers), _parameters(payload, '"parameters"'),
+                   _parameters(tensor, '"inputs[0].parameters"')]
+        options = codec.parse_options({k: v for source in sources for k, v in source.items()}, limits)
+        items = tuple(_element(index, element, options, limits) for index, element in enumerate(elements))
+        return Envelope(self, items, {} if request_id is None else {"id": request_id})
+
+    def format(self, envelope: Envelope, answers: Sequence[Any], model: ModelInfo) -> Answer:
+        status, error = overall(answers)
+        body: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
+        if "id" in envelope.echo:
+            body["id"] = envelope.echo["id"]
+        data = [json.dumps(answer.body, separators=(",", ":")) for answer in answers]
+        body["outputs"] = [{"name": OUTPUT_NAME, "shape": [len(data)], "datatype": "BYTES", "data": data}]
+        if error is None:
+            return Answer(status, body)
+        return Answer(status, {**self.error_body(error), **body}, error["code"])
+
+    def error_body(self, error: Mapping[str, Any]) -> dict[str, Any]:
+        return kserve_error_body(error)
+
+
+def _single_input(inputs: Any) -> Mapping[str, Any]:
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidEnvelope(f'"inputs" must be a non-empty list of tensors; send {_EXAMPLE}.')
+    if len(inputs) > 1:
+        raise InvalidEnvelope(f'"inputs" has {len(inputs)} tensors; this model takes one BYTES tensor with '
+                              'every image in its "data" (shape [n] for n images).')
+    tensor = inputs[0]
+    if not isinstance(tensor, Mapping):
+        raise InvalidEnvelope(f'"inputs[0]" must be a tensor object; send {_EXAMPLE}.')
+    missing = [key for key in ("name", "shape", "datatype") if key not in tensor]
+    if missing:
+        raise InvalidEnvelope(f'"inputs[0]" lacks {", ".join(missing)}; send {_EXAMPLE}.')
+    if tensor["datatype"] != "BYTES":
+        raise InvalidEnvelope(f'"inputs[0].datatype" is {str(tensor["datatype"])[:20]!r}; this model takes '
+                              'encoded image files: "datatype": "BYTES", one base64 string per image (not '
+                              'decoded pixels).')
+    return tensor
+
+
+def _check_outputs(outputs: Any) -> None:
+    if outputs is None:
+        return
+    names = [o.get("name") if isinstance(o, Mapping) else o for o in outputs] if isinstance(outputs, list) \
+        else [outputs]
+    unknown = [name for name in names if name != OUTPUT_NAME]
+    if unknown:
+        raise InvalidEnvelope(f'"outputs" asks for {str(unknown[0])[:40]!r}; this model has one output, '
+                              f'"{OUTPUT_NAME}": send "outputs": [{{"name": "{OUTPUT_NAME}"}}] or leave '
+                              'it out.')
+
+
+def _parameters(holder: Mapping[str, Any], where: str) -> dict[str, Any]:
+    params = holder.get("parameters")
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise InvalidEnvelope(f'{where} must be an object, like {{"score_threshold": 0.5}}.')
+    return codec.option_fields(params)
+
+
+def _elements(tensor: Mapping[str, Any], binary: bytes) -> list[Any]:
+    """The tensor's elements in row-major order, checked against its shape."""
+    shape = tensor["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise InvalidEnvelope('"inputs[0].shape" must be a list of non-negative integers, like [2] for two '
+                              'images.')
+    params = tensor.get("parameters")
+    size = params.get("binary_data_size") if isinstance(params, Mapping) else None
+    if size is not None:
+        if size != len(binary):
+            raise InvalidEnvelope(f"binary_data_size is {size} but {len(binary)} bytes follow the JSON "
+                                  "header; send the tensor's bytes exactly once.")
+        elements = split_bytes_elements(binary)
+    elif binary:
+        raise InvalidEnvelope("Binary data follows the JSON header but no input declares binary_data_size.")
+    elif not isinstance(tensor.get("data"), list):
+        raise InvalidEnvelope('"inputs[0].data" must be a list of base64 strings, one per image; send '
+                              f"{_EXAMPLE}.")
+    else:
+        elements = _flatten(tensor["data"])
+    if not elements:
+        raise InvalidEnvelope(f'"inputs[0]" holds no image; send at least one: {_EXAMPLE}.')
+    expected = 1
+    for dim in shape:
+        expected *= dim
+    if expected != len(elements):
+        raise InvalidEnvelope(f'"inputs[0].shape" {shape} holds {expected} elements but "data" has '
+                              f'{len(elements)}; send one element per image and "shape": [{len(elements)}].')
+    return elements
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    flat: list[Any] = []
+    for value in data:
+        flat.extend(_flatten(value) if isinstance(value, list) else [value])
+    return flat
+
+
+def _element(index: int, element: Any, options: codec.RequestOptions, limits: RequestLimits) -> ImageItem:
+    """One element -> its image, or the error that this image alone gets."""
+    where = f"inputs[0].data[{index}]"
+    try:
+        if isinstance(element, bytes):  # the binary extension's raw file
+            if not element:
+                raise EmptyInput(f"{where} is empty; put the image file in it.")
+            if len(element) > limits.max_bytes:
+                raise PayloadTooLarge(len(element), limits.max_bytes)
+            image = element
+        elif isinstance(element, str):
+            image = decode_element(element, limits, where)
+        else:
+            raise InvalidJSON(f"{where} is {json_type(element)}; each element is one image file as a "
+                              "base64 string.")
+    except ServingError as error:
+        return error
+    return ParsedRequest(image_bytes=image, options=options)
