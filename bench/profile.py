@@ -25,8 +25,9 @@ from bench.loadgen import TOKEN_ENV
 from bench.plan import all_plans
 from bench.run import test_image
 from bench.runner import warm
-from bench.server import REPO, TorchServe
+from bench.server import REPO
 from bench.variants import make_variant, run_archive
+from codetr_serve.tools.local_torchserve import LocalTorchServe
 
 # First match wins, checked from the innermost frame outwards.
 STAGES = (("forward", "_forward_group"), ("decode + resize", "_decode_one"), ("encode JSON", "_encode_one"),
@@ -61,7 +62,7 @@ def worker_pid(root_pid: int) -> int:
     raise RuntimeError("no TorchServe worker process found")
 
 
-def record(server: TorchServe, name: str, image: Path, args: argparse.Namespace, out: Path) -> str:
+def record(server: LocalTorchServe, name: str, image: Path, args: argparse.Namespace, out: Path) -> str:
     """Drive load in a separate process while py-spy samples the worker; returns the raw stacks."""
     load = subprocess.Popen([sys.executable, "-m", "bench.loadgen", "--url",
                              server.url("inference", f"predictions/{name}"), "--image", str(image),
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         config_file.write_text("minWorkers: 1\n")
         run_archive(plan.config, "base", work / "base", config_file)
         make_variant(work / "base" / "base", work / "store" / cfg.name, cfg.model_config(plan.handler))
-        with TorchServe(work / "ts", work / "store", {cfg.name: cfg.name}, threads=cfg.threads) as server:
+        with LocalTorchServe(work / "ts", work / "store", {cfg.name: cfg.name},
+                             threads=cfg.threads) as server:
             server.wait_ready(600)
             warm(server, cfg.name, image)
             shares = summarize_raw(record(server, cfg.name, image, args, out))

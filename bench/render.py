@@ -17,7 +17,7 @@ def model_section(name: str, rows: Sequence[Mapping[str, Any]], ceilings: Mappin
              "Pooled over every round (images / seconds; p50 of every request); the range is the lowest "
              "and highest single-round value.", "", report.verdict_table(verdicts), ""]
     if split:
-        parts += ["Where they come from (forward = the worker's own CoDetrInferenceMs, and the same timer "
+        parts += ["Where they come from (forward = the worker's own CoDetrForwardSeconds, and the same timer "
                   "in-process):", "", report.decomposition_table(split), ""]
     if rounds:
         parts += ["### Paired rounds", "", report.rounds_table(rounds, round_ratios), ""]

@@ -17,8 +17,9 @@ import requests
 from bench import metrics_parse, stats
 from bench.loadgen import TOKEN_ENV
 from bench.plan import ModelPlan, Phase
-from bench.server import REPO, Sampler, TorchServe
+from bench.server import REPO, Sampler
 from bench.variants import ServeConfig, make_variant
+from codetr_serve.tools.local_torchserve import LocalTorchServe
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Row:
     p99_ms: float
     mean_batch: float
     batch_hist: str
-    forward_ms: float  # mean CoDetrInferenceMs (one batched forward, server side); NaN for the baseline
+    forward_ms: float  # mean CoDetrForwardSeconds in ms (one batched forward, server side); NaN: baseline
     worker_cpu_pct: float
     frontend_cpu_pct: float
     worker_rss_mb: float
@@ -74,7 +75,7 @@ def ceiling(plan: ModelPlan, model_dir: Path, batch: int, threads: int, image: P
     return json.loads(out.read_text())
 
 
-def loadgen(server: TorchServe, names: list[str], mode_args: list[str], max_requests: int,
+def loadgen(server: LocalTorchServe, names: list[str], mode_args: list[str], max_requests: int,
             max_seconds: float, image: Path, out: Path) -> dict:
     """Run bench.loadgen (a separate process) against the models `names`; returns its JSON."""
     urls = [arg for name in names for arg in ("--url", server.url("inference", f"predictions/{name}"))]
@@ -84,7 +85,7 @@ def loadgen(server: TorchServe, names: list[str], mode_args: list[str], max_requ
     return json.loads(out.read_text())
 
 
-def drive(server: TorchServe, name: str, phase: Phase, capacity: float, image: Path, out: Path) -> dict:
+def drive(server: LocalTorchServe, name: str, phase: Phase, capacity: float, image: Path, out: Path) -> dict:
     """One sweep phase (closed or open loop) against model `name`; the load generator's JSON."""
     mode_args = (["--concurrency", str(phase.concurrency)] if phase.mode == "closed"
                  else ["--rate", f"{max(phase.rate_factor * capacity, 0.01):.4f}"])
@@ -92,7 +93,7 @@ def drive(server: TorchServe, name: str, phase: Phase, capacity: float, image: P
                    phase.max_seconds, image, out)
 
 
-def warm(server: TorchServe, name: str, image: Path) -> None:
+def warm(server: LocalTorchServe, name: str, image: Path) -> None:
     """One request before measuring, so lazy first-call costs are not in any phase."""
     headers = {"Authorization": f"Bearer {server.key()}", "Content-Type": "image/jpeg"}
     response = requests.post(server.url("inference", f"predictions/{name}"), data=image.read_bytes(),
@@ -101,24 +102,25 @@ def warm(server: TorchServe, name: str, image: Path) -> None:
         raise RuntimeError(f"warm-up request failed: {response.status_code} {response.text[:500]}")
 
 
-def metric_log(server: TorchServe) -> str:
+def metric_log(server: LocalTorchServe) -> str:
     """Where TorchServe logs `[METRICS]` lines: model_metrics.log (log mode) or ts_log.log (Prometheus)."""
     return server.log_text("model_metrics.log") or server.log_text("ts_log.log")
 
 
-def server_batches(server: TorchServe, before: tuple[str, int], after_text: str) -> tuple[float, str, float]:
-    """Mean batch (CoDetrImages/CoDetrBatches deltas), CoDetrBatchSize histogram and mean forward ms (log)."""
+def server_batches(server: LocalTorchServe, before: tuple[str, int],
+                   after_text: str) -> tuple[float, str, float]:
+    """Mean batch (CoDetrImages/CoDetrBatches deltas), batch sizes and mean forward ms (from the log)."""
     images = (metrics_parse.prometheus_values(after_text, "CoDetrImages")
               - metrics_parse.prometheus_values(before[0], "CoDetrImages"))
     batches = (metrics_parse.prometheus_values(after_text, "CoDetrBatches")
                - metrics_parse.prometheus_values(before[0], "CoDetrBatches"))
     lines = metric_log(server)[before[1]:].splitlines()
-    histogram = metrics_parse.batch_histogram(metrics_parse.log_metric_values(lines, "CoDetrBatchSize"))
-    forward_ms = _mean(metrics_parse.log_metric_values(lines, "CoDetrInferenceMs"))
+    histogram = metrics_parse.batch_histogram(metrics_parse.log_metric_values(lines, "CoDetrBatchSize_sum"))
+    forward_ms = 1000.0 * _mean(metrics_parse.log_metric_values(lines, "CoDetrForwardSeconds_sum"))
     return metrics_parse.mean_batch(images, batches), metrics_parse.format_histogram(histogram), forward_ms
 
 
-def measure_phase(server: TorchServe, plan: ModelPlan, cfg: ServeConfig, phase: Phase, capacity: float,
+def measure_phase(server: LocalTorchServe, plan: ModelPlan, cfg: ServeConfig, phase: Phase, capacity: float,
                   image: Path, out: Path, ready_s: float) -> Row:
     """One phase against a running server: client latencies, server batches, worker CPU/RSS."""
     before = (server.metrics_text(), len(metric_log(server)))
@@ -137,7 +139,7 @@ def measure_phase(server: TorchServe, plan: ModelPlan, cfg: ServeConfig, phase: 
 
 
 @contextmanager
-def serve_all(plan: ModelPlan, base: Path, work: Path, image: Path) -> Iterator[TorchServe]:
+def serve_all(plan: ModelPlan, base: Path, work: Path, image: Path) -> Iterator[LocalTorchServe]:
     """One TorchServe hosting every config of `plan` as its own model, all workers READY and warmed.
 
     One server per model (not per config) lets the paired rounds alternate configs on the same machine
@@ -146,14 +148,14 @@ def serve_all(plan: ModelPlan, base: Path, work: Path, image: Path) -> Iterator[
     store = work / "store"
     for cfg in plan.configs:
         make_variant(base, store / cfg.name, cfg.model_config(plan.handler), baseline=cfg.baseline)
-    with TorchServe(work / "ts", store, {cfg.name: cfg.name for cfg in plan.configs}) as server:
+    with LocalTorchServe(work / "ts", store, {cfg.name: cfg.name for cfg in plan.configs}) as server:
         server.ready_s = server.wait_ready(deadline_s=900)
         for cfg in plan.configs:
             warm(server, cfg.name, image)
         yield server
 
 
-def run_config(server: TorchServe, plan: ModelPlan, cfg: ServeConfig, work: Path, image: Path,
+def run_config(server: LocalTorchServe, plan: ModelPlan, cfg: ServeConfig, work: Path, image: Path,
                capacity: float) -> list[Row]:
     """Every sweep phase of `plan` against config `cfg` on the shared server."""
     rows = []

@@ -14,7 +14,7 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from codetr_serve.runtime.core import DetectorCore
-from codetr_serve.runtime.metrics import batch_metrics
+from codetr_serve.runtime.metrics import batch_metrics, worker_metrics
 from codetr_serve.runtime.settings import settings_from_context
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ _METRIC_TYPES = {"counter": MetricTypes.COUNTER, "gauge": MetricTypes.GAUGE}
 
 
 class CoDetrHandler(BaseHandler):
-    """initialize -> preprocess (decode) -> inference (one batched forward) -> postprocess (JSON)."""
+    """initialize -> preprocess (decode) -> inference (batched forwards) -> postprocess (JSON)."""
 
     def initialize(self, context) -> None:
         # BaseHandler.initialize only knows .pt/.onnx files; the core loads mmdet configs + safetensors.
@@ -35,8 +35,11 @@ class CoDetrHandler(BaseHandler):
         self.initialized = True
 
     def preprocess(self, data):
-        headers = [self.context.get_all_request_header(idx) for idx in range(len(data))]
-        return self.core.decode(data, headers)
+        # TorchServe's own request ids are the fallback request_id: 0.12 returns them as the x-request-id
+        # header (replacing any header a handler sets), so a client that sent no id sees the same one twice.
+        indices = range(len(data))
+        return self.core.decode(data, [self.context.get_all_request_header(i) for i in indices],
+                                [self.context.get_request_id(i) for i in indices])
 
     def inference(self, data, *args, **kwargs):
         return data, self.core.predict(data)
@@ -46,12 +49,14 @@ class CoDetrHandler(BaseHandler):
         replies = self.core.encode(items, outputs)
         for idx, reply in enumerate(replies):
             if reply.status != 200:
-                self.context.set_response_status(reply.status, reply.body["error"]["code"], idx)
+                self.context.set_response_status(reply.status, reply.reason, idx)
         self._emit_metrics()
         return [reply.body for reply in replies]
 
     def _emit_metrics(self) -> None:
-        for point in batch_metrics(self.core.last_stats):
+        batch_size = int(self.context.system_properties.get("batch_size") or 1)
+        for point in [*batch_metrics(self.core.last_stats, batch_size), *worker_metrics()]:
             dimensions = [Dimension(name, value) for name, value in point.dimensions]
-            self.context.metrics.add_metric(point.name, point.value, point.unit,
+            # idx=0: each metric line carries one request id instead of the whole batch's (~37 bytes each).
+            self.context.metrics.add_metric(point.name, point.value, point.unit, idx=0,
                                             dimensions=dimensions, metric_type=_METRIC_TYPES[point.kind])

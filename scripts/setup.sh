@@ -7,6 +7,9 @@
 #   PYTHON        interpreter used to create it                (default python3.11, else python3)
 #   TORCH_CUDA    e.g. cu128: take torch from PyTorch's CUDA index and compile mmcv's CUDA kernels
 #   WHEEL_CACHE   directory searched for a prebuilt mmcv wheel; a fresh source build is stored there
+#   TORCH_WHEEL   a torch wheel file to install instead of resolving torch from an index (offline image builds)
+#   RUNTIME_DEPS_ONLY=1  stop after torch, mmcv and requirements/runtime.txt: no dev tools, no project
+#                 install, no Java, no doctor (docker/Dockerfile does those in its own layers)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,7 +41,9 @@ pip_install() { "$venv/bin/python" -m pip install --disable-pip-version-check -c
 
 install_torch() {
   log "installing $(pin torch) ${torch_cuda:+($torch_cuda)}"
-  if [ -n "$torch_cuda" ]; then
+  if [ -n "${TORCH_WHEEL:-}" ]; then
+    pip_install "$TORCH_WHEEL"
+  elif [ -n "$torch_cuda" ]; then
     pip_install --index-url "https://download.pytorch.org/whl/$torch_cuda" "$(pin torch)"
   else
     pip_install "$(pin torch)"
@@ -81,7 +86,7 @@ build_mmcv_from_source() {
   mkdir -p "$wheel_cache" 2>/dev/null || true
   # A read-only cache (e.g. a shared wheelhouse) is still searched, but new builds go to the project's own.
   [ -w "$wheel_cache" ] || { wheel_cache=$(cache_for_variant "$here/.cache/wheels"); mkdir -p "$wheel_cache"; }
-  local cuda=0; [ -n "$torch_cuda" ] && cuda=1
+  local cuda=0; [ -n "$torch_cuda" ] && [ "$torch_cuda" != cpu ] && cuda=1
   MMCV_WITH_OPS=1 FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
     "$venv/bin/python" -m pip wheel --no-build-isolation --no-deps -c "$constraints" \
       -w "$wheel_cache" "$(pin mmcv)"
@@ -105,8 +110,11 @@ pip_install --upgrade pip
 install_torch
 mmcv_ops_work || install_mmcv_from_cache || build_mmcv_from_source
 log "installing the rest of the stack"
+if [ "${RUNTIME_DEPS_ONLY:-0}" = 1 ]; then pip_install -r "$here/requirements/runtime.txt"; exit 0; fi
 pip_install -r "$here/requirements/runtime.txt" -r "$here/requirements/dev.txt"
 pip_install --no-deps --no-build-isolation -e "$here"
+log "building the compiled CPU deformable-attention op (about 15 s; never inside a worker)"
+"$venv/bin/python" -m codetr_serve.tools.build_ops
 install_java
 log "checking the stack"
 "$venv/bin/python" -m codetr_serve.tools.doctor

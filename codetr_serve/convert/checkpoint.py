@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from codetr_serve.convert.checkpoint_allowlist import ALLOWED_NAMES, SAFE_GLOBALS, materialize
+from codetr_serve.convert.checkpoint_allowlist import SAFE_GLOBALS, materialize
 from codetr_serve.runtime.weight_errors import (
     CheckpointCorrupt,
     CheckpointFormatError,
@@ -28,7 +28,7 @@ from codetr_serve.runtime.weight_errors import (
 )
 from codetr_serve.runtime.weights import file_sha256
 
-__all__ = ["Checkpoint", "read_checkpoint", "ALLOWED_NAMES"]
+__all__ = ["Checkpoint", "read_checkpoint"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = b"\x80"  # legacy (pre-1.6, non-zip) torch files are a pickle stream from the first byte

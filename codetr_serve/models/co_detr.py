@@ -3,8 +3,9 @@
 Co-DETR trains a DETR-style query head together with auxiliary one-to-many heads (an RPN + RoI
 head and ATSS heads). At test time the official Co-DINO checkpoints are evaluated with the query
 head alone (``eval_module='detr'``), so that is the only path implemented here. The auxiliary
-heads are still built, because their weights are part of every official checkpoint and a strict
-``load_state_dict`` must find a home for each key.
+heads are still built, because their weights are part of every official checkpoint: the model's
+state-dict layout then equals the checkpoint's key for key (tests/unit/test_model_layout.py), and loading
+reports any key without a home instead of silently dropping it (runtime/weights.py, ``apply_state_dict``).
 """
 
 from __future__ import annotations

@@ -2,10 +2,9 @@
 
 glibc serves large blocks with mmap and trims the heap once enough is free, adapting both thresholds to the
 sizes a process has freed before. A worker that runs one image at a time keeps returning its activation
-buffers and faulting them in again on the next forward: on CPU, `python -m bench.allocator` measured the
-single-image forward in 0.90x the time for `tiny` and 0.78x for the R50 Co-DINO with both thresholds raised,
-for 26-170 MB more resident memory (docs/tuning.md). On a GPU worker only the CPU-side buffers (decode,
-resize) are affected.
+buffers and faulting them in again on the next forward. Raising both thresholds trades some resident memory
+for faster CPU forwards; `python -m bench.allocator` measures it and docs/tuning.md (rule 7) has the figures.
+On a GPU worker only the CPU-side buffers (decode, resize) are affected.
 """
 
 from __future__ import annotations

@@ -1,22 +1,12 @@
-"""The wire format of one request, apart from the model: TorchServe request dict -> image bytes + options.
+"""What every wire format shares: where the body is, limits, options, base64, JSON and request ids.
 
-Accepted forms (first match wins, fields looked up in this order: ``data``, ``image``, ``file``, ``body``):
+The wire formats themselves (TorchServe's /predictions, KServe v1 and v2) are one class each in
+:mod:`codetr_serve.runtime.protocol`, which picks one by the body's shape.
 
-* raw image bytes as the body (TorchServe puts them under ``body``, some clients' under ``data``);
-* a multipart form file field ``data`` (``image`` and ``file`` also accepted);
-* a JSON object ``{"image": "<base64>"}``, either already parsed by TorchServe (``application/json``) or as
-  bytes / text that hold JSON; the base64 may be a ``data:image/...;base64,`` URL;
-* a text body (``text/*``) holding just the base64 string or data URL.
-
-Options (``score_threshold`` in [0, 1], ``max_detections`` in [1, limit]) come from query parameters /
-form fields (TorchServe turns both into keys of the same dict, as bytes) or from fields of the JSON object;
-the JSON field wins when both are given, since it travels with the image. ``None`` means "server default".
-
-Unknown keys are ignored on purpose: TorchServe passes every query parameter and form field through, and
-ignoring what we do not know lets clients add fields without breaking older servers.
-
-Another wire format (e.g. KServe v2) is another module exposing a function with the same signature as
-:func:`parse_request` (see :class:`RequestParser`) and returning the same :class:`ParsedRequest`.
+Options (``score_threshold`` in [0, 1], ``max_detections`` in [1, limit]) may come as text (headers, query
+parameters and form fields arrive as bytes) or as JSON numbers; ``None`` means "server default". Unknown keys
+are ignored on purpose: TorchServe passes every query parameter and form field through, and ignoring what we
+do not know lets clients add fields without breaking older servers.
 """
 
 from __future__ import annotations
@@ -26,9 +16,10 @@ import binascii
 import json
 import math
 import re
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 from codetr_serve.runtime.errors import (
     EmptyInput,
@@ -38,20 +29,23 @@ from codetr_serve.runtime.errors import (
     MissingImage,
     PayloadTooLarge,
 )
+from codetr_serve.runtime.settings import default
 
 __all__ = [
     "IMAGE_FIELDS",
     "ParsedRequest",
     "RequestLimits",
     "RequestOptions",
-    "RequestParser",
+    "decode_base64_text",
+    "option_fields",
+    "options_from_headers",
     "parse_options",
-    "parse_request",
+    "read_payload",
+    "request_id",
 ]
 
 #: Request keys that may hold the image, in lookup order.
 IMAGE_FIELDS: tuple[str, ...] = ("data", "image", "file", "body")
-_JSON_IMAGE_KEY = "image"
 _SCORE_THRESHOLD = "score_threshold"
 _MAX_DETECTIONS = "max_detections"
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -59,13 +53,15 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 @dataclass(frozen=True)
 class RequestLimits:
-    """Per-request limits: encoded image size in bytes and the largest ``max_detections`` a client may ask."""
+    """Per-request limits: encoded image size in bytes, the largest ``max_detections`` a client may ask and
+    how many images one (KServe) request may carry."""
 
-    max_bytes: int = 16 * 1024 * 1024
-    max_detections: int = 300
+    max_bytes: int = field(default_factory=lambda: default("max_image_bytes"))
+    max_detections_limit: int = field(default_factory=lambda: default("max_detections_limit"))
+    max_images: int = field(default_factory=lambda: default("max_images_per_request"))
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.max_detections < 1:
+        if self.max_bytes < 1 or self.max_detections_limit < 1 or self.max_images < 1:
             raise ValueError(f"RequestLimits fields must be >= 1, got {self}")
 
 
@@ -79,40 +75,18 @@ class RequestOptions:
 
 @dataclass(frozen=True)
 class ParsedRequest:
-    """What the rest of the pipeline needs from a request: the encoded image and the options."""
+    """What the rest of the pipeline needs from one image of a request: its encoded bytes and options."""
 
     image_bytes: bytes
     options: RequestOptions
 
 
-class RequestParser(Protocol):
-    """The signature every wire-format codec exposes (this module's :func:`parse_request` is one)."""
-
-    def __call__(self, request: Mapping[str, Any], limits: RequestLimits) -> ParsedRequest: ...
-
-
-def parse_request(request: Mapping[str, Any], limits: RequestLimits,
-                  headers: Mapping[str, str] | None = None) -> ParsedRequest:
-    """Extract the encoded image and the options from one TorchServe request dict.
-
-    Options come from HTTP headers (``X-Score-Threshold``, ``X-Max-Detections``: TorchServe 0.12 does not
-    pass a /predictions query string on to handlers, so headers are how a raw-body request sets options),
-    then request fields (multipart form fields), then JSON fields; later sources win.
-
-    Raises MissingImage, EmptyInput, InvalidJSON, InvalidBase64, PayloadTooLarge or InvalidOption.
-    """
+def read_payload(request: Mapping[str, Any]) -> Any:
+    """The first image field's value (see IMAGE_FIELDS), parsed if it holds JSON; raises MissingImage."""
     field = next((name for name in IMAGE_FIELDS if request.get(name) is not None), None)
     if field is None:
         raise MissingImage(fields_seen=(str(key) for key in request))
-    payload = _as_json_if_json(request[field])
-    sources = [_options_from_headers(headers or {}), _options_only(request)]
-    if isinstance(payload, Mapping):
-        image_bytes = _image_from_json(payload, limits)
-        sources.append(_options_only(payload))
-    else:
-        image_bytes = _image_from_value(payload, limits)
-    options = parse_options({k: v for source in sources for k, v in source.items()}, limits)
-    return ParsedRequest(image_bytes=image_bytes, options=options)
+    return _as_json_if_json(request[field])
 
 
 OPTION_HEADERS = {"x-score-threshold": _SCORE_THRESHOLD, "x-max-detections": _MAX_DETECTIONS}
@@ -131,56 +105,67 @@ def _as_json_if_json(value: Any) -> Any:
     """Parse bytes/str that hold JSON (first non-blank char ``{`` or ``[``); other values pass through.
 
     No supported image format starts with ``{`` or ``[``, so this cannot mistake an image for JSON.
+    A structure TorchServe already parsed (``application/json``) is held to the same nesting bound.
     """
     if isinstance(value, list):
         raise _json_array_error()
+    if isinstance(value, Mapping):
+        check_json_depth(value)
+        return value
     if not isinstance(value, bytes | bytearray | str):
         return value
     head = value.lstrip()[:1]
     if head not in (b"{", b"[", "{", "["):
         return value
-    try:
-        parsed = json.loads(value)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidJSON(
-            f'The body is not valid JSON ({exc}); send an object like {{"image": "<base64>"}}.'
-        ) from exc
+    parsed = loads_json(value)
     if isinstance(parsed, list):
         raise _json_array_error()
     return parsed
 
 
+#: Deepest JSON nesting accepted. Our bodies need 1-4 levels (a KServe v2 tensor a few more); Python's
+#: parser recurses and gives up near 1000, so anything deeper than this is refused as a client error
+#: before any code walks it.
+MAX_JSON_DEPTH = 32
+_JSON_EXAMPLE = 'send an object like {"image": "<base64>"}'
+
+
+def loads_json(text: bytes | bytearray | str) -> Any:
+    """``json.loads`` whose failures are InvalidJSON messages of ours (position, not Python's text)."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidJSON(f"The body is not valid JSON ({exc.msg} at line {exc.lineno}, column "
+                          f"{exc.colno}); {_JSON_EXAMPLE}.") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidJSON(f"The body is not valid JSON (not UTF-8: bad byte at offset {exc.start}); encode "
+                          f"it as UTF-8 and {_JSON_EXAMPLE}.") from exc
+    except RecursionError as exc:
+        raise _too_deep_error() from exc
+    check_json_depth(parsed)
+    return parsed
+
+
+def check_json_depth(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Raise InvalidJSON if objects/arrays nest deeper than ``max_depth``; iterative, so any depth is safe."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, Mapping) else node
+        if depth > max_depth:
+            raise _too_deep_error(max_depth)
+        stack.extend((child, depth + 1) for child in children if isinstance(child, Mapping | list))
+
+
+def _too_deep_error(max_depth: int = MAX_JSON_DEPTH) -> InvalidJSON:
+    return InvalidJSON(f"The JSON body nests objects or arrays more than {max_depth} levels deep; "
+                       f"{_JSON_EXAMPLE}.")
+
+
 def _json_array_error() -> InvalidJSON:
-    # One image per request: batching is TorchServe's job, so an array is a client mistake.
+    # A bare array is no format we read: /predictions takes one image per request (TorchServe batches
+    # requests), and KServe requests put their images inside an object ("instances" / "inputs").
     return InvalidJSON('The JSON body is an array; send one object per request, like {"image": "<base64>"}.')
-
-
-def _image_from_json(payload: Mapping[str, Any], limits: RequestLimits) -> bytes:
-    if _JSON_IMAGE_KEY not in payload:
-        raise MissingImage(
-            f'The JSON object has no "{_JSON_IMAGE_KEY}" field; send {{"image": "<base64>"}}.',
-            fields_seen=payload.keys(),
-        )
-    encoded = payload[_JSON_IMAGE_KEY]
-    if not isinstance(encoded, str):
-        raise InvalidJSON(
-            f'"{_JSON_IMAGE_KEY}" must be a base64 string, got {type(encoded).__name__}; '
-            'send {"image": "<base64>"}.'
-        )
-    return _decode_base64_text(encoded, limits)
-
-
-def _image_from_value(value: Any, limits: RequestLimits) -> bytes:
-    """Raw bytes are the image itself; text is base64 (or a data URL)."""
-    if isinstance(value, str):
-        return _decode_base64_text(value, limits)
-    if not isinstance(value, bytes | bytearray):
-        raise MissingImage(f"The image field holds a {type(value).__name__}, not image bytes.")
-    if not value:
-        raise EmptyInput()
-    if len(value) > limits.max_bytes:
-        raise PayloadTooLarge(len(value), limits.max_bytes)
-    return bytes(value)
 
 
 def _decode_base64_text(text: str, limits: RequestLimits) -> bytes:
@@ -199,13 +184,25 @@ def _decode_base64_text(text: str, limits: RequestLimits) -> bytes:
         decoded = base64.b64decode(normalised, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidBase64(
-            f"The image is not valid base64 ({exc}); encode the whole file with standard base64."
+            f"The image is not valid base64 ({_base64_problem(normalised)}); encode the whole file with "
+            "standard base64."
         ) from exc
     if not decoded:
         raise EmptyInput('The "image" field decodes to 0 bytes; put the base64-encoded image file in it.')
     if len(decoded) > limits.max_bytes:
         raise PayloadTooLarge(len(decoded), limits.max_bytes)
     return decoded
+
+
+def _base64_problem(text: str) -> str:
+    """What is wrong with text that failed to decode, in our words (binascii's are terse)."""
+    bad = _NOT_BASE64.search(text.rstrip("="))
+    if bad:
+        return f"character {bad.group()!r} at position {bad.start()} is not in the base64 alphabet"
+    return "its length or padding is wrong: characters are missing or extra"
+
+
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
 
 
 def _strip_data_url(text: str) -> str:
@@ -257,14 +254,14 @@ def _parse_score_threshold(value: Any) -> float:
 
 
 def _parse_max_detections(value: Any, limits: RequestLimits) -> int:
-    allowed = f"an integer between 1 and {limits.max_detections} (inclusive)"
+    allowed = f"an integer between 1 and {limits.max_detections_limit} (inclusive)"
     text = _option_text(value)
     number: int | None = None
     if text is not None:
         number = int(text) if _INTEGER.fullmatch(text) else None
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
-    if number is None or not 1 <= number <= limits.max_detections:
+    if number is None or not 1 <= number <= limits.max_detections_limit:
         raise InvalidOption(_MAX_DETECTIONS, _printable(value), allowed)
     return number
 
@@ -277,3 +274,35 @@ def _printable(value: Any) -> Any:
     if isinstance(shown, str) and len(shown) > 40:
         shown = shown[:40] + "..."
     return shown
+
+
+# Public names for the pieces the wire formats (codetr_serve.runtime.protocol) share.
+decode_base64_text = _decode_base64_text
+options_from_headers = _options_from_headers
+option_fields = _options_only
+
+
+#: A client's own id for a request: visible ASCII only, so it can never break a log line or a header.
+REQUEST_ID_HEADER = "x-request-id"
+MAX_REQUEST_ID_LENGTH = 128
+_REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_LENGTH}}}")
+
+
+def request_id(headers: Mapping[str, Any], fallback: str | None = None) -> str:
+    """The id a reply and its log lines carry: the client's X-Request-ID when valid, else ``fallback``
+    (the front end's own id for the request, e.g. TorchServe's), else a new random one.
+
+    An invalid header (control characters, spaces, non-ASCII, over 128 characters) is replaced rather than
+    refused: the id exists to trace a request, not to fail it.
+    """
+    for candidate in (_header(headers, REQUEST_ID_HEADER), fallback):
+        if isinstance(candidate, bytes | bytearray):
+            candidate = candidate.decode("ascii", errors="replace")
+        if isinstance(candidate, str) and _REQUEST_ID.fullmatch(candidate):
+            return candidate
+    return uuid.uuid4().hex
+
+
+def _header(headers: Mapping[str, Any], name: str) -> Any:
+    return next((value for key, value in headers.items() if isinstance(key, str) and key.lower() == name),
+                None)

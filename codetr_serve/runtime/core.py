@@ -1,24 +1,38 @@
-"""The serving core: requests in, one batched forward, JSON out. No TorchServe here.
+"""The serving core: requests in, batched forwards (one per padded canvas size), JSON out. No TorchServe here.
 
 The shape follows LitServe's LitAPI: `setup` once, then per batch `decode` -> `predict` -> `encode`.
 A bad item never fails its batch: it travels through the stages as a ServingError and comes out as its own
 4xx reply, while its batch-mates get their detections.
+
+One request may carry several images (KServe v1/v2, see `protocol`): the batch's images are flattened into
+the forward and regrouped per request, and a bad image is an error inside its request's reply.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
-from codetr_serve.runtime import codec, decode, detections
+from codetr_serve.ops.msda import configure_cpu_msda
+from codetr_serve.runtime import codec, decode, detections, protocol
 from codetr_serve.runtime.allocator import keep_freed_memory
+from codetr_serve.runtime.batch import (
+    BatchStats,
+    ImageItem,
+    Item,
+    PendingImage,
+    Reply,
+    RequestItem,
+    canvas_groups,
+)
 from codetr_serve.runtime.errors import InferenceFailed, ModelNotReady, ServingError
 from codetr_serve.runtime.model_loader import LoadedDetector, build_detector, load_config
 from codetr_serve.runtime.pipeline import ImagePreparer, PreparedImage
@@ -33,37 +47,12 @@ from codetr_serve.runtime.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PendingImage:
-    """A decoded, prepared image and the options its request asked for."""
-
-    prepared: PreparedImage
-    options: codec.RequestOptions
-    image_size: tuple[int, int]  # (height, width) of the original image
-    decode_ms: float
-
-
-@dataclass
-class Reply:
-    """What goes back for one request: an HTTP status and a JSON-able body."""
-
-    status: int
-    body: dict[str, Any]
-
-
-@dataclass
-class BatchStats:
-    """Per-batch figures for metrics; filled in as the batch moves through the stages."""
-
-    preprocess_ms: float = 0.0
-    inference_ms: float = 0.0
-    postprocess_ms: float = 0.0
-    batch_size: int = 0
-    detections_per_image: list[int] = field(default_factory=list)
-    rejected: Counter = field(default_factory=Counter)
-
-
-Item = PendingImage | ServingError
+def decode_cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, not the host's count, inside containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _elapsed_ms(start: float) -> float:
@@ -77,22 +66,6 @@ def _inference_error(error: Exception, batch_size: int) -> InferenceFailed:
     return InferenceFailed(cause=repr(error))
 
 
-def canvas_groups(prepared: Sequence[PreparedImage], divisor: int) -> dict[tuple[int, int], list[int]]:
-    """Indices of images grouped by the padded canvas each would get on its own.
-
-    The backbone's convolutions and norms see the padding, so an image padded to a bigger canvas (because a
-    larger batch-mate set the batch size) gets slightly different features near its bottom/right edges.
-    Batching only images that share a canvas keeps every result identical to a single-image call (and to
-    the reference implementation); same-size frames, the common case, still run as one forward.
-    """
-    groups: dict[tuple[int, int], list[int]] = {}
-    for index, item in enumerate(prepared):
-        height, width = item.inputs.shape[-2:]
-        canvas = (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
-        groups.setdefault(canvas, []).append(index)
-    return groups
-
-
 class DetectorCore:
     """Co-DETR behind a request/response interface; build with settings, then call `setup()`."""
 
@@ -101,7 +74,15 @@ class DetectorCore:
         self.detector: LoadedDetector | None = None
         self.preparer: ImagePreparer | None = None
         self.last_stats = BatchStats()
-        self._request_limits = codec.RequestLimits(max_bytes=settings.max_image_bytes)
+        self.cpu_msda_path: str | None = None  # "op" or "fallback" on CPU workers, after setup()
+        self._decode_threads = settings.decode_threads or min(4, decode_cpu_count())
+        self._decode_pool: ThreadPoolExecutor | None = None
+        self._stats_lock = threading.Lock()
+        self._request_ids: list[str] = []  # the current batch's, one per request (see `decode`)
+        self._wires: list[protocol.WireProtocol] = []  # the protocol each request answers in
+        self._request_limits = codec.RequestLimits(max_bytes=settings.max_image_bytes,
+                                                   max_detections_limit=settings.max_detections_limit,
+                                                   max_images=settings.max_images_per_request)
         self._decode_limits = decode.DecodeLimits(
             max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
             max_side=settings.max_image_side, min_side=settings.min_image_side)
@@ -110,6 +91,7 @@ class DetectorCore:
     def setup(self) -> None:
         """Load config and weights onto the device, apply precision settings, warm up."""
         s = self.settings
+        logging.getLogger("codetr_serve").setLevel(s.log_level)  # the worker's root logger stays at INFO
         cfg = load_config(s.config_path)
         if s.keep_freed_memory and not keep_freed_memory():
             log.warning("keep_freed_memory: this C library has no glibc mallopt; using its defaults")
@@ -119,6 +101,9 @@ class DetectorCore:
             torch.set_num_threads(s.torch_threads)
         if s.is_cuda:
             configure_cuda(s.cudnn_benchmark, s.tf32)
+        else:
+            # mmcv has no CPU kernel for deformable attention: route it to our compiled op when built.
+            self.cpu_msda_path = configure_cpu_msda(s.cpu_msda)
         self.detector = build_detector(cfg, s.weights_path, s.device)
         if s.fp16:
             kept = keep_in_fp32(self.detector.model, deformable_attention_types())
@@ -137,29 +122,73 @@ class DetectorCore:
 
     # -- stages ------------------------------------------------------------------------------------------
     def decode(self, requests: Sequence[Mapping[str, Any]],
-               headers: Sequence[Mapping[str, str]] | None = None) -> list[Item]:
-        """Parse and decode every request (with its HTTP headers); failures become ServingErrors in place."""
+               headers: Sequence[Mapping[str, str]] | None = None,
+               request_ids: Sequence[str | None] | None = None) -> list[Item]:
+        """Parse every request (with its HTTP headers), then decode all their images; failures become
+        ServingErrors in place: a whole request's when its envelope is unusable, else one image's.
+
+        `request_ids` are the front end's own ids (TorchServe's), used when a request has no valid
+        X-Request-ID (see `codec.request_id`); `encode` puts each request's id into its reply."""
         self.last_stats = BatchStats()
         start = time.perf_counter()
         headers = headers or [{}] * len(requests)
-        items = [self._decode_one(request, h) for request, h in zip(requests, headers, strict=True)]
+        fallbacks = request_ids or [None] * len(requests)
+        self._request_ids = [codec.request_id(h, fb) for h, fb in zip(headers, fallbacks, strict=True)]
+        parsed = [self._parse_one(request, h) for request, h in zip(requests, headers, strict=True)]
+        items, self._wires = [item for item, _ in parsed], [wire for _, wire in parsed]
+        pairs = [(parsed, item.parse_ms / len(item.envelope.items)) for item in items
+                 if isinstance(item, RequestItem) for parsed in item.envelope.items]
+        if self._decode_threads > 1 and len(pairs) > 1:
+            # OpenCV and torch release the GIL while decoding and resizing: a batch's images decode in
+            # parallel, so decoding never leaves a GPU waiting. map() keeps each item at its position.
+            if self._decode_pool is None:
+                self._decode_pool = ThreadPoolExecutor(self._decode_threads, thread_name_prefix="decode")
+            images = iter(list(self._decode_pool.map(lambda pair: self._decode_one(*pair), pairs)))
+        else:
+            images = iter([self._decode_one(*pair) for pair in pairs])
+        for item in items:
+            if isinstance(item, RequestItem):
+                item.images = [next(images) for _ in item.envelope.items]
         self.last_stats.preprocess_ms = _elapsed_ms(start)
         return items
 
-    def _decode_one(self, request: Mapping[str, Any], headers: Mapping[str, str]) -> Item:
+    def _parse_one(self, request: Mapping[str, Any],
+                   headers: Mapping[str, str]) -> tuple[Item, protocol.WireProtocol]:
+        """The request's envelope (its images and options), or the error the whole request gets; and the
+        protocol its reply is written in (the default one when not even the body could be read)."""
+        start, wire = time.perf_counter(), protocol.DEFAULT
+        try:
+            wire, body = protocol.read_request(request, headers)
+            envelope = wire.parse(request, body, headers, self._request_limits)
+        except ServingError as error:
+            with self._stats_lock:
+                self.last_stats.rejected[error.code] += 1
+            return error, wire
+        except Exception as error:  # noqa: BLE001 - one odd request must not fail its batch-mates
+            log.exception("unexpected failure parsing one request")
+            return InferenceFailed("the server failed to read this request; report it with the request",
+                                   cause=repr(error)), wire
+        return RequestItem(envelope, parse_ms=_elapsed_ms(start)), wire
+
+    def _decode_one(self, parsed: protocol.ImageItem, parse_ms: float = 0.0) -> ImageItem:
+        """One image of a parsed request -> decoded and prepared; `parse_ms`: its share of the parse time."""
+        if isinstance(parsed, ServingError):  # the protocol already refused this image
+            with self._stats_lock:
+                self.last_stats.rejected[parsed.code] += 1
+            return parsed
         start = time.perf_counter()
         try:
-            parsed = codec.parse_request(request, self._request_limits, headers)
             image = decode.decode_image(parsed.image_bytes, self._decode_limits)
             prepared = self._prepare(image)
         except ServingError as error:
-            self.last_stats.rejected[error.code] += 1
+            with self._stats_lock:  # decode threads share the counter
+                self.last_stats.rejected[error.code] += 1
             return error
         except Exception as error:  # noqa: BLE001 - one odd input must not fail its batch-mates
             log.exception("unexpected failure preparing one input")
             return InferenceFailed("the server failed to prepare this image; report it with the image",
                                    cause=repr(error))
-        return PendingImage(prepared, parsed.options, tuple(image.shape[:2]), _elapsed_ms(start))
+        return PendingImage(prepared, parsed.options, tuple(image.shape[:2]), parse_ms + _elapsed_ms(start))
 
     def _prepare(self, image_bgr: np.ndarray) -> PreparedImage:
         if self.preparer is None:
@@ -167,19 +196,26 @@ class DetectorCore:
         return self.preparer(image_bgr)
 
     def predict(self, items: Sequence[Item]) -> list[Any]:
-        """One forward over every good item; errors pass through at their positions."""
-        good = [item for item in items if isinstance(item, PendingImage)]
+        """Forwards over the good images of every request (one per canvas group), regrouped per request: a
+        list of outputs aligned with each request's images (errors in place), or the request's error."""
+        good = [image for item in items if isinstance(item, RequestItem)
+                for image in item.images if isinstance(image, PendingImage)]
         self.last_stats.batch_size = len(good)
-        if not good:
-            return list(items)
+        outputs = iter(self._forward_images(good) if good else ())
+        return [item if isinstance(item, ServingError) else
+                [next(outputs) if isinstance(image, PendingImage) else image for image in item.images]
+                for item in items]
+
+    def _forward_images(self, good: Sequence[PendingImage]) -> list[Any]:
         start = time.perf_counter()
         try:
-            outputs = iter(self._forward([item.prepared for item in good]))
+            outputs = self._forward([image.prepared for image in good])
         except Exception as error:  # noqa: BLE001 - answer every item with JSON rather than a bare 503
-            log.exception("forward failed on a batch of %d", len(good))
-            outputs = iter([_inference_error(error, len(good))] * len(good))
+            log.exception("forward failed on a batch of %d images (request_ids=%s)", len(good),
+                          ",".join(self._request_ids))
+            outputs = [_inference_error(error, len(good))] * len(good)
         self.last_stats.inference_ms = _elapsed_ms(start)
-        return [next(outputs) if isinstance(item, PendingImage) else item for item in items]
+        return outputs
 
     def _forward(self, prepared: Sequence[PreparedImage]) -> list[Any]:
         """Detections per image, in order; one forward per padded-shape group (see `canvas_groups`)."""
@@ -187,7 +223,12 @@ class DetectorCore:
             raise ModelNotReady()
         results: list[Any] = [None] * len(prepared)
         for indices in canvas_groups(prepared, self.detector.pad_size_divisor).values():
-            outputs = self._forward_group([prepared[i] for i in indices])
+            try:
+                outputs = self._forward_group([prepared[i] for i in indices])
+            except Exception as error:  # noqa: BLE001 - a failing canvas group fails only its own images
+                log.exception("forward failed on a group of %d images (request_ids=%s)", len(indices),
+                              ",".join(self._request_ids))
+                outputs = [_inference_error(error, len(indices))] * len(indices)
             for index, output in zip(indices, outputs, strict=True):
                 results[index] = output
         return results
@@ -203,13 +244,73 @@ class DetectorCore:
     def encode(self, items: Sequence[Item], outputs: Sequence[Any]) -> list[Reply]:
         """Turn each output (or error) into a Reply."""
         start = time.perf_counter()
-        replies = [self._encode_one(item, output) for item, output in zip(items, outputs, strict=True)]
+        if len(outputs) != len(items):  # a bug upstream: nobody can tell which output is whose
+            log.error("predict returned %d outputs for %d items", len(outputs), len(items))
+            failed = InferenceFailed("the model returned the wrong number of results for this batch; retry, "
+                                     "and report it if it persists")
+            outputs = [failed] * len(items)
+        wires = self._wires if len(self._wires) == len(items) else [protocol.DEFAULT] * len(items)
+        replies = [self._encode_request(item, output, wire)
+                   for item, output, wire in zip(items, outputs, wires, strict=True)]
+        self._trace(items, replies)
         self.last_stats.postprocess_ms = _elapsed_ms(start)
         return replies
 
-    def _encode_one(self, item: Item, output: Any) -> Reply:
+    def _trace(self, items: Sequence[Item], replies: Sequence[Reply]) -> None:
+        """Put each request's id into its reply and log every refused input with it, so a user's bug report
+        leads to a log line: one INFO line per rejected input (WARNING for a server fault), none per
+        success unless log_level is DEBUG."""
+        ids = self._request_ids
+        if len(ids) != len(items):  # encode without its decode (tests, tools): ids of our own
+            ids = [codec.request_id({}) for _ in items]
+        for item, reply, rid in zip(items, replies, ids, strict=True):
+            reply.body["request_id"] = rid
+            images = item.images if isinstance(item, RequestItem) else []
+            refused = [reply.body.get("error")] if reply.status >= 400 else [
+                image.to_dict()["error"] for image in images if isinstance(image, ServingError)]
+            for error in refused:
+                error = error if isinstance(error, Mapping) else {"message": error, "code": reply.reason}
+                status = error.get("status", reply.status)
+                log.log(logging.INFO if status < 500 else logging.WARNING, "refused request_id=%s status=%s "
+                        "code=%s: %s", rid, status, error.get("code", "-"), error.get("message", ""))
+            if not refused:
+                log.debug("served request_id=%s", rid)
+
+    def _encode_request(self, item: Item, outputs: Any, wire: protocol.WireProtocol) -> Reply:
+        """One request's reply: each image through `_encode_guarded`, wrapped by the request's protocol.
+
+        A request refused as a whole (a ServingError) is answered in its protocol's error shape; a bare
+        image (tests, tools) like /predictions."""
+        if isinstance(item, ServingError):
+            return Reply(*wire.refuse(item))
+        if not isinstance(item, RequestItem):
+            return self._encode_guarded(item, outputs)
+        if isinstance(outputs, ServingError):  # the whole batch failed (see `encode`)
+            outputs = [outputs] * len(item.images)
+        try:
+            answers = [self._encode_guarded(image, output)
+                       for image, output in zip(item.images, outputs, strict=True)]
+            s = self.settings
+            return Reply(*item.envelope.format(answers, detections.ModelInfo(s.model_name, s.model_version)))
+        except Exception as error:  # noqa: BLE001 - the per-item guarantee holds in every stage
+            log.exception("building the response for one request failed")
+            failed = InferenceFailed("the server failed to build the response for this request; retry, and "
+                                     "report it if it persists", cause=repr(error))
+            return Reply(*item.envelope.refuse(failed))
+
+    def _encode_guarded(self, item: ImageItem, output: Any) -> Reply:
+        """`_encode_one`, but a failure building one reply answers that item only (never its batch-mates)."""
+        try:
+            return self._encode_one(item, output)
+        except Exception as error:  # noqa: BLE001 - the per-item guarantee holds in every stage
+            log.exception("building the response for one image failed")
+            failed = InferenceFailed("the server failed to build the response for this image; retry, and "
+                                     "report it with the image if it persists", cause=repr(error))
+            return Reply.error(failed)
+
+    def _encode_one(self, item: ImageItem, output: Any) -> Reply:
         if isinstance(output, ServingError):
-            return Reply(output.status, output.to_dict())
+            return Reply.error(output)
         options, s = item.options, self.settings
         body = detections.build_response(
             boxes=output.bboxes.float().cpu().numpy(), scores=output.scores.float().cpu().numpy(),

@@ -14,27 +14,36 @@ limits -- including the decompression-bomb guard -- are enforced before any larg
 
 One deliberate difference from mmdet: a JPEG without its end-of-image marker (a truncated upload) is
 refused, whereas libjpeg would silently pad it with grey and the model would run on a half-grey image.
+
+Errors are ours: Pillow's and OpenCV's exception texts (which can hold object reprs such as
+``<_io.BytesIO object at 0x...>``) go to the worker log at debug level, never into a client message. Every
+input ends as an image or a ServingError, whatever a decoder raises on hostile bytes.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, TiffImagePlugin
 
 from codetr_serve.runtime.errors import (
     EmptyInput,
     ImageTooLarge,
     ImageTooSmall,
     PayloadTooLarge,
+    ServingError,
     UndecodableImage,
     UnsupportedImageFormat,
 )
+from codetr_serve.runtime.settings import default
 
 __all__ = ["DecodeLimits", "ImageHeader", "SUPPORTED_FORMATS", "decode_image", "read_header"]
+
+log = logging.getLogger(__name__)
 
 #: Pillow format names we accept. MPO is how Pillow names multi-picture JPEGs written by many cameras/phones.
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})
@@ -55,6 +64,15 @@ _OTHER_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
 )
 _JPEG_END_OF_IMAGE = b"\xff\xd9"
+#: Keep-ratio resizing scales the long side to the test scale's (>= 200 px in every shipped config): beyond
+#: this ratio the short side ends under ~2 px, and under 0.5 px the resize itself fails (a 16000x8 image at
+#: the tiny config's 320x192 did: a 500 for a client's input).
+MAX_ASPECT_RATIO = 100
+_SEND_INSTEAD = "re-encode the image (8-bit JPEG or PNG) and send the complete file"
+# TIFF tags (TIFF 6.0): what OpenCV's TIFF reader accepts is unsigned-integer samples of at most 16 bits.
+_TIFF_BITS_PER_SAMPLE, _TIFF_SAMPLE_FORMAT = 258, 339
+_TIFF_SAMPLE_KINDS = {1: "unsigned-integer", 2: "signed-integer", 3: "floating-point", 4: "untyped",
+                      5: "complex-integer", 6: "complex floating-point"}
 
 
 @dataclass(frozen=True)
@@ -66,10 +84,10 @@ class DecodeLimits:
     ImageTooLarge as well, so setting ``max_pixels`` above that has no effect.
     """
 
-    max_bytes: int = 16 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    max_side: int = 16_384
-    min_side: int = 8
+    max_bytes: int = field(default_factory=lambda: default("max_image_bytes"))
+    max_pixels: int = field(default_factory=lambda: default("max_image_pixels"))
+    max_side: int = field(default_factory=lambda: default("max_image_side"))
+    min_side: int = field(default_factory=lambda: default("min_image_side"))
 
     def __post_init__(self) -> None:
         if min(self.max_bytes, self.max_pixels, self.max_side, self.min_side) < 1:
@@ -100,15 +118,54 @@ def _sniff_magic(data: bytes) -> tuple[str | None, bool]:
     return None, False
 
 
-def _unreadable_header(data: bytes, reason: Exception) -> Exception:
-    """The error to raise when Pillow cannot parse the header at all."""
+def _tiff_layout_problem(data: bytes) -> str | None:
+    """Why a TIFF's first page cannot be decoded here (e.g. "64-bit floating-point"); None if it looks fine.
+
+    Reads only the first image file directory, with Pillow's tag parser: that parser works on layouts
+    Pillow itself cannot open (float64, planar float), so a valid but unsupported TIFF is told apart from
+    a corrupt one.
+    """
+    try:
+        directory = TiffImagePlugin.ImageFileDirectory_v2(data[:8])
+        stream = io.BytesIO(data)
+        stream.seek(directory.next)
+        directory.load(stream)
+        bits = _as_tuple(directory.get(_TIFF_BITS_PER_SAMPLE, 1))
+        kinds = _as_tuple(directory.get(_TIFF_SAMPLE_FORMAT, 1))
+    except Exception as exc:  # noqa: BLE001 - hostile bytes; this is only a diagnosis, the caller decides
+        log.debug("TIFF directory unreadable: %r", exc)
+        return None
+    widest = max((b for b in bits if isinstance(b, int)), default=1)
+    kind = next((k for k in kinds if k != 1), 1)
+    if kind == 1 and widest <= 16:
+        return None
+    return f"{widest}-bit {_TIFF_SAMPLE_KINDS.get(kind, f'sample-format-{kind}')}"
+
+
+def _as_tuple(value: object) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _unsupported_tiff(layout: str) -> UnsupportedImageFormat:
+    return UnsupportedImageFormat(
+        f"TIFF ({layout} samples)", _SUPPORTED_FOR_HUMANS,
+        message=f"The TIFF stores {layout} samples, which the server does not decode; convert it to 8- or "
+                "16-bit unsigned-integer RGB or grayscale, or send it as an 8-bit JPEG or PNG.")
+
+
+def _unreadable_header(data: bytes, reason: Exception) -> ServingError:
+    """The error to raise when Pillow cannot parse the header at all (its reason goes to the log only)."""
     name, supported = _sniff_magic(data)
-    if supported:
-        return UndecodableImage(
-            f"The data looks like {name} but its header is corrupt or truncated ({reason}); "
-            "re-encode the image and send the complete file."
-        )
-    return UnsupportedImageFormat(name, _SUPPORTED_FOR_HUMANS)
+    log.debug("unreadable image header (%s): %r", name, reason)
+    if not supported:
+        return UnsupportedImageFormat(name, _SUPPORTED_FOR_HUMANS)
+    if name == "TIFF" and (layout := _tiff_layout_problem(data)):
+        return _unsupported_tiff(layout)
+    tiff_note = " or uses a TIFF layout the server does not decode" if name == "TIFF" else ""
+    return UndecodableImage(
+        f"The data looks like {name} but the server cannot read its header: the file is corrupt or "
+        f"truncated{tiff_note}; {_SEND_INSTEAD}."
+    )
 
 
 def read_header(data: bytes) -> ImageHeader:
@@ -122,9 +179,10 @@ def read_header(data: bytes) -> ImageHeader:
             width, height = image.size
             scan_start = image.fp.tell() if image.fp is not None else 0
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(None, None, str(exc)) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        # Pillow raises SyntaxError/ValueError from some plugins' header parsers on garbage.
+        raise ImageTooLarge(None, None, f"its header declares more than {2 * Image.MAX_IMAGE_PIXELS} pixels, "
+                                        "which the server refuses without decoding") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow's header parsers raise many types on garbage
+        # (UnidentifiedImageError, SyntaxError, struct.error, IndexError, ...): all mean "unreadable".
         raise _unreadable_header(data, exc) from exc
     if fmt not in SUPPORTED_FORMATS:
         raise UnsupportedImageFormat(fmt, _SUPPORTED_FOR_HUMANS)
@@ -151,6 +209,11 @@ def check_dimensions(width: int, height: int, limits: DecodeLimits) -> None:
         raise ImageTooLarge(width, height, f"no side may exceed {limits.max_side} pixels")
     if min(width, height) < limits.min_side:
         raise ImageTooSmall(width, height, limits.min_side)
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageTooSmall(width, height, limits.min_side, message=(
+            f"The image is {width}x{height} pixels: one side is more than {MAX_ASPECT_RATIO} times the "
+            "other, so scaled to the model's input size its short side would shrink to a pixel or less. "
+            "Crop it into pieces of a more usual shape, or pad its short side."))
 
 
 def decode_image(data: bytes, limits: DecodeLimits) -> np.ndarray:
@@ -165,11 +228,23 @@ def decode_image(data: bytes, limits: DecodeLimits) -> np.ndarray:
         raise PayloadTooLarge(len(data), limits.max_bytes)
     header = read_header(data)
     check_dimensions(header.width, header.height, limits)
-    # Same call as mmcv.imfrombytes(flag='color', backend='cv2'): this is the parity guarantee.
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UndecodableImage(
-            f"The {header.format} image could not be decoded (truncated or corrupt); "
-            "re-encode it and send the complete file."
-        )
+    image = _decode_pixels(data, header)
+    # The decoder may disagree with Pillow's header on a crafted file: the limits hold for what it produced.
+    check_dimensions(image.shape[1], image.shape[0], limits)
     return image
+
+
+def _decode_pixels(data: bytes, header: ImageHeader) -> np.ndarray:
+    try:
+        # Same call as mmcv.imfrombytes(flag='color', backend='cv2'): this is the parity guarantee.
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except Exception as exc:  # noqa: BLE001 - cv2.error and friends on hostile bytes; logged, not echoed
+        log.debug("cv2.imdecode raised on a %s image: %r", header.format, exc)
+        image = None
+    if image is not None and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        return image
+    if header.format == "TIFF" and (layout := _tiff_layout_problem(data)):
+        raise _unsupported_tiff(layout)
+    raise UndecodableImage(
+        f"The {header.format} image could not be decoded (truncated or corrupt); {_SEND_INSTEAD}."
+    )

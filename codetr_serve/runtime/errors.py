@@ -12,7 +12,9 @@ The message always says what was wrong *and* how to fix it. :meth:`ServingError.
 body ``{"error": {"code", "message", "status"}}``.
 
 The status mapping lives here and only here: the subclasses below are grouped by status, and
-:func:`error_catalog` lists them (the docs and tests read it). Status choices worth knowing:
+:func:`error_catalog` lists the ones defined in this module (the docs and tests read it). Start-up and
+packing failures (unusable weights) are not HTTP errors: they have their own base class in
+:mod:`codetr_serve.runtime.weight_errors`. Status choices worth knowing:
 
 * ``UndecodableImage`` is 400, not 422: the bytes the client sent are not a valid image, which is invalid
   input exactly like bad base64; KServe also answers invalid input with 400, and clients rarely treat 422
@@ -35,6 +37,9 @@ __all__ = [
     "InvalidOption",
     "UndecodableImage",
     "ImageTooSmall",
+    "InvalidEnvelope",
+    "AllImagesFailed",
+    "TooManyImages",
     "UnsupportedImageFormat",
     "PayloadTooLarge",
     "ImageTooLarge",
@@ -101,7 +106,10 @@ class MissingImage(ServingError):
     ) -> None:
         seen = sorted(str(name) for name in fields_seen)
         if message is None and seen:
-            message = f"{self.default_message} Fields received: {', '.join(seen)}."
+            # Names come from the client: a few, cut short, so a hostile form cannot make the reply huge.
+            shown = [name if len(name) <= 40 else name[:40] + "..." for name in seen[:10]]
+            more = f" and {len(seen) - 10} more" if len(seen) > 10 else ""
+            message = f"{self.default_message} Fields received: {', '.join(shown)}{more}."
         super().__init__(message, fields_seen=seen, **details)
 
 
@@ -166,6 +174,26 @@ class ImageTooSmall(ServingError):
         super().__init__(message, width=width, height=height, min_side=min_side)
 
 
+class InvalidEnvelope(ServingError):
+    """A KServe v1/v2 body whose structure is wrong (not one image's content): the whole request fails."""
+
+    status = 400
+    code = "invalid_envelope"
+    default_message = (
+        'The request envelope is malformed; send {"instances": [{"b64": "<base64>"}]} (KServe v1) or '
+        '{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["<base64>"]}]} '
+        "(KServe v2)."
+    )
+
+
+class AllImagesFailed(ServingError):
+    """Every image of a multi-image request failed, for different client-side reasons."""
+
+    status = 400
+    code = "all_images_failed"
+    default_message = "Every image in the request failed; each item's error says what to fix."
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 413 Content Too Large / 415 Unsupported Media Type
 # ---------------------------------------------------------------------------------------------------------
@@ -185,6 +213,22 @@ class PayloadTooLarge(ServingError):
                 "Compress it (e.g. JPEG) or reduce its resolution."
             )
         super().__init__(message, size_bytes=size_bytes, max_bytes=max_bytes)
+
+
+class TooManyImages(ServingError):
+    """One request carries more images than ``max_images_per_request`` allows."""
+
+    status = 413
+    code = "too_many_images"
+    default_message = "The request carries too many images; split it into several requests."
+
+    def __init__(self, count: int, limit: int, message: str | None = None) -> None:
+        if message is None:
+            message = (
+                f"The request carries {count} images; the limit is {limit} per request. Split them into "
+                "several requests: the server batches concurrent requests into one forward anyway."
+            )
+        super().__init__(message, count=count, limit=limit)
 
 
 class ImageTooLarge(ServingError):
@@ -241,17 +285,7 @@ class InferenceFailed(ServingError):
     default_message = "Inference failed on the server; retry, and report it if it persists."
 
 
-def _all_subclasses(cls: type[ServingError]) -> list[type[ServingError]]:
-    found: list[type[ServingError]] = []
-    for sub in cls.__subclasses__():
-        found.append(sub)
-        found.extend(_all_subclasses(sub))
-    return found
-
-
 def error_catalog() -> dict[str, int]:
-    """``{code: status}`` for every ServingError subclass defined so far (incl. other modules' ones)."""
-    catalog = {ServingError.code: ServingError.status}
-    for cls in _all_subclasses(ServingError):
-        catalog.setdefault(cls.code, cls.status)
-    return catalog
+    """``{code: status}`` for every ServingError class defined in this module, whatever else is imported."""
+    return {obj.code: obj.status for obj in globals().values()
+            if isinstance(obj, type) and issubclass(obj, ServingError) and obj.__module__ == __name__}

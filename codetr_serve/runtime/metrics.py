@@ -1,16 +1,25 @@
-"""The custom metrics one batch produces, as plain data.
+"""The custom metrics one batch produces, as plain data (the handler turns them into TorchServe calls).
 
 Names, units and types here must match config/metrics.yaml: TorchServe's Prometheus mode drops metrics that
-the yaml does not declare (a test keeps the two in step). The handler turns these points into TorchServe
-metric calls; the core stays free of TorchServe.
+the yaml does not declare (tests/integration/test_handler.py keeps the two in step).
+
+Latencies and batch sizes are Prometheus histograms that we build from counters. TorchServe 0.12 does have
+a histogram type, but its buckets are the Java client's fixed defaults (0.005 .. 10 in the metric's own
+unit; metrics.yaml has no field for buckets): no single unit fits both a 3 ms decode and a 5 minute CPU
+forward. So each histogram ``X`` is three counters, ``X_bucket{le=...}`` (cumulative, as Prometheus
+defines it), ``X_sum`` and ``X_count``, which PromQL's ``histogram_quantile`` reads like any histogram.
+docs/metrics.md explains the choice and lists the queries.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
-from codetr_serve.runtime.core import BatchStats
+import psutil
+
+from codetr_serve.runtime.batch import BatchStats
 
 MetricKind = Literal["counter", "gauge"]
 
@@ -24,40 +33,86 @@ class MetricPoint:
     dimensions: tuple[tuple[str, str], ...] = ()
 
 
-# name -> (unit, kind, extra dimension names); the handler appends TorchServe's ModelName and Level.
-DECLARED: dict[str, tuple[str, MetricKind, tuple[str, ...]]] = {
-    "CoDetrPreprocessMs": ("ms", "gauge", ()),
-    "CoDetrInferenceMs": ("ms", "gauge", ()),
-    "CoDetrPostprocessMs": ("ms", "gauge", ()),
-    "CoDetrBatchSize": ("count", "gauge", ()),
+@dataclass(frozen=True)
+class Histogram:
+    """A histogram family: upper bounds (ascending, +Inf implied) in ``unit``, one observation per batch."""
+
+    name: str
+    unit: str
+    bounds: tuple[float, ...]
+
+    def observe(self, value: float) -> list[MetricPoint]:
+        """The counter increments for one observation: every bucket at or above it, the sum and the count.
+
+        Largest bucket first: TorchServe applies the lines one by one while it may be scraped, and updating
+        from the top keeps the buckets cumulative at every moment in between.
+        """
+        points = [MetricPoint(f"{self.name}_count", 1.0, "count", "counter"),
+                  MetricPoint(f"{self.name}_bucket", 1.0, "count", "counter", (("le", "+Inf"),))]
+        points += [MetricPoint(f"{self.name}_bucket", float(value <= bound), "count", "counter",
+                               (("le", _le_label(bound)),)) for bound in reversed(self.bounds)]
+        points.append(MetricPoint(f"{self.name}_sum", float(value), self.unit, "counter"))
+        return points
+
+
+def _le_label(bound: float) -> str:
+    # The same spelling Prometheus client libraries use ("0.025", "1.0"), so le values look familiar.
+    return repr(float(bound))
+
+
+# Decode + resize of a batch, and detections -> JSON: a few ms per image, seconds for a large batch.
+FAST_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# One batched forward: ~30 ms (GPU, FP16) to several minutes (Swin-L on CPU: 254 s per image here).
+FORWARD_SECONDS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+BATCH_SIZES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+
+PREPROCESS = Histogram("CoDetrPreprocessSeconds", "s", FAST_SECONDS)
+FORWARD = Histogram("CoDetrForwardSeconds", "s", FORWARD_SECONDS)
+POSTPROCESS = Histogram("CoDetrPostprocessSeconds", "s", FAST_SECONDS)
+BATCH_SIZE = Histogram("CoDetrBatchSize", "count", BATCH_SIZES)
+HISTOGRAMS = (PREPROCESS, FORWARD, POSTPROCESS, BATCH_SIZE)
+
+# name -> (unit, kind, extra dimension names) of the plain counters and gauges.
+SCALARS: dict[str, tuple[str, MetricKind, tuple[str, ...]]] = {
     "CoDetrBatches": ("count", "counter", ()),
     "CoDetrImages": ("count", "counter", ()),
-    "CoDetrDetectionsPerImage": ("count", "gauge", ()),
+    "CoDetrDetections": ("count", "counter", ()),
     "CoDetrRejectedInputs": ("count", "counter", ("Reason",)),
+    "CoDetrConfiguredBatchSize": ("count", "gauge", ()),
+    "CoDetrWorkerMemoryBytes": ("B", "gauge", ("WorkerPid",)),
 }
 
 
+def declared() -> dict[str, tuple[str, MetricKind, tuple[str, ...]]]:
+    """Every metric this module can emit: name -> (unit, kind, extra dimension names)."""
+    names = dict(SCALARS)
+    for histogram in HISTOGRAMS:
+        names[f"{histogram.name}_bucket"] = ("count", "counter", ("le",))
+        names[f"{histogram.name}_sum"] = (histogram.unit, "counter", ())
+        names[f"{histogram.name}_count"] = ("count", "counter", ())
+    return names
+
+
 def _point(name: str, value: float, **dims: str) -> MetricPoint:
-    unit, kind, _ = DECLARED[name]
+    unit, kind, _ = SCALARS[name]
     return MetricPoint(name, float(value), unit, kind, tuple(dims.items()))
 
 
-def batch_metrics(stats: BatchStats) -> list[MetricPoint]:
-    """Points for one batch: stage times, how many images went through the model, rejects by reason."""
-    points = [
-        _point("CoDetrPreprocessMs", stats.preprocess_ms),
-        _point("CoDetrPostprocessMs", stats.postprocess_ms),
-    ]
+def batch_metrics(stats: BatchStats, configured_batch_size: int) -> list[MetricPoint]:
+    """Points for one batch: stage times and batch size as histograms, counts, rejects by error code."""
+    points = [*PREPROCESS.observe(stats.preprocess_ms / 1000.0),
+              *POSTPROCESS.observe(stats.postprocess_ms / 1000.0),
+              _point("CoDetrConfiguredBatchSize", configured_batch_size)]
     if stats.batch_size:
-        points += [
-            _point("CoDetrInferenceMs", stats.inference_ms),
-            _point("CoDetrBatchSize", stats.batch_size),
-            _point("CoDetrBatches", 1),
-            _point("CoDetrImages", stats.batch_size),
-        ]
-    if stats.detections_per_image:
-        mean = sum(stats.detections_per_image) / len(stats.detections_per_image)
-        points.append(_point("CoDetrDetectionsPerImage", mean))
+        points += [*FORWARD.observe(stats.inference_ms / 1000.0), *BATCH_SIZE.observe(stats.batch_size),
+                   _point("CoDetrBatches", 1), _point("CoDetrImages", stats.batch_size),
+                   _point("CoDetrDetections", sum(stats.detections_per_image))]
     points += [_point("CoDetrRejectedInputs", count, Reason=reason)
                for reason, count in sorted(stats.rejected.items())]
     return points
+
+
+def worker_metrics() -> list[MetricPoint]:
+    """This worker's resident memory; TorchServe 0.12 exports only the host's in Prometheus mode."""
+    pid = os.getpid()
+    return [_point("CoDetrWorkerMemoryBytes", psutil.Process(pid).memory_info().rss, WorkerPid=str(pid))]

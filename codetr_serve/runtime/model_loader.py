@@ -19,7 +19,6 @@ class LoadedDetector:
     """A detector in eval mode on its device, with what the core needs to know about it."""
 
     model: nn.Module
-    cfg: Config
     class_names: tuple[str, ...]
     max_per_img: int
     pad_size_divisor: int
@@ -50,7 +49,7 @@ def build_detector(cfg: Config, weights_dir: Path | None, device: str, seed: int
     else:
         log.warning("no weights_dir: serving RANDOM weights (demo/test mode)")
     model.to(device).eval()
-    return LoadedDetector(model=model, cfg=cfg, class_names=class_names_for(cfg, meta),
+    return LoadedDetector(model=model, class_names=class_names_for(cfg, meta),
                           max_per_img=_max_per_img(cfg),
                           pad_size_divisor=_pad_size_divisor(cfg))
 

@@ -14,15 +14,27 @@ import torch
 from torch import nn
 
 
-def _fp32_forward(forward):
+def _fp32_forward(forward, module: nn.Module):
     @functools.wraps(forward)
     def wrapped(*args, **kwargs):
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        # Autocast is per device type: switch off the one the inputs run on (a CPU model on a CUDA host
+        # runs under CPU autocast, which a "cuda" switch would leave on).
+        device_type = _device_type(args, kwargs, module)
         with torch.autocast(device_type=device_type, enabled=False):
             args = tuple(_to_fp32(a) for a in args)
             kwargs = {k: _to_fp32(v) for k, v in kwargs.items()}
             return forward(*args, **kwargs)
     return wrapped
+
+
+def _device_type(args: tuple, kwargs: dict, module: nn.Module) -> str:
+    """The device type of the first tensor argument, else of the module's parameters, else "cpu"."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value.device.type
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device.type
+    return "cpu"
 
 
 def _to_fp32(value):
@@ -36,7 +48,7 @@ def keep_in_fp32(model: nn.Module, module_types: tuple[type, ...]) -> int:
     count = 0
     for module in model.modules():
         if isinstance(module, module_types) and not getattr(module, "_codetr_fp32", False):
-            module.forward = _fp32_forward(module.forward)
+            module.forward = _fp32_forward(module.forward, module)
             module._codetr_fp32 = True
             count += 1
     return count

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class SettingsError(ValueError):
@@ -34,8 +36,10 @@ class ServingSettings:
     weights_dir: str
     score_threshold: float
     max_detections: int
+    max_detections_limit: int
     test_scale: tuple[int, int] | None
     max_image_bytes: int
+    max_images_per_request: int
     max_image_pixels: int
     max_image_side: int
     min_image_side: int
@@ -45,6 +49,9 @@ class ServingSettings:
     torch_threads: int
     keep_freed_memory: bool
     warmup_runs: int
+    cpu_msda: str
+    decode_threads: int
+    log_level: str
 
     @property
     def config_path(self) -> Path:
@@ -67,6 +74,12 @@ _TUNABLES = {f.name for f in dataclasses.fields(ServingSettings)} - {
 def load_defaults() -> dict[str, Any]:
     with DEFAULTS_FILE.open(encoding="utf-8") as stream:
         return yaml.safe_load(stream)
+
+
+@cache
+def default(name: str) -> Any:
+    """One packaged default, for code that runs without full settings (limits built in tests, tools)."""
+    return load_defaults()[name]
 
 
 def build_settings(overrides: Mapping[str, Any] | None, *, model_dir: str | Path, device: str,
@@ -99,12 +112,17 @@ def _parse_scale(value: Any) -> tuple[int, int] | None:
 def _validate(s: ServingSettings) -> None:
     checks = [
         (0.0 <= s.score_threshold <= 1.0, "score_threshold must be within [0, 1]"),
-        (s.max_detections >= 1, "max_detections must be >= 1"),
+        (1 <= s.max_detections <= s.max_detections_limit,
+         "need 1 <= max_detections <= max_detections_limit"),
         (s.max_image_bytes > 0 and s.max_image_pixels > 0, "image limits must be positive"),
+        (s.max_images_per_request >= 1, "max_images_per_request must be >= 1"),
         (0 < s.min_image_side <= s.max_image_side, "need 0 < min_image_side <= max_image_side"),
         (s.warmup_runs >= 0, "warmup_runs must be >= 0"),
         (s.torch_threads >= 0, "torch_threads must be >= 0 (0 keeps torch's default)"),
+        (s.cpu_msda in ("auto", "fallback"), "cpu_msda must be auto or fallback"),
+        (s.decode_threads >= 0, "decode_threads must be >= 0 (0 = min(4, CPU count), 1 = serial)"),
         (not s.fp16 or s.is_cuda, "fp16 needs a CUDA device; set fp16: false for CPU workers"),
+        (s.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}"),
     ]
     for ok, message in checks:
         if not ok:

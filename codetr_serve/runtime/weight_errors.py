@@ -1,15 +1,14 @@
 """Errors of the weights layer (checkpoint reading, safetensors export/load, state-dict application).
 
-All of them mean the *server's* model file is wrong, never the client's request, so they are 500s. Each
-message says what is wrong and how to fix it; the codes are stable (see :mod:`codetr_serve.runtime.errors`).
+All of them mean the *server's* model file is wrong, never the client's request: they stop an archive
+build or a worker's start-up and never become an HTTP reply, so they are not ServingErrors. Each message says
+what is wrong and how to fix it; the codes are stable and name the failure in logs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-
-from codetr_serve.runtime.errors import ServingError
 
 __all__ = [
     "WeightsError",
@@ -41,12 +40,16 @@ def format_keys(keys: Iterable[str], limit: int = MAX_LISTED_KEYS) -> str:
     return f"{shown} (and {more} more)" if more > 0 else shown
 
 
-class WeightsError(ServingError):
-    """Base class: the model weights on the server cannot be used."""
+class WeightsError(Exception):
+    """Base class: the model weights cannot be used (raised while packing or while a worker starts)."""
 
-    status = 500
     code = "weights_error"
-    default_message = "The model weights on the server cannot be used; re-export them."
+    default_message = "The model weights cannot be used; re-export them."
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message: str = message or self.default_message
+        self.details: dict[str, Any] = details
+        super().__init__(self.message)
 
 
 class CheckpointNotFound(WeightsError):

@@ -3,15 +3,23 @@
 config + checkpoint -> validated safetensors model dir + handler + our package + model-config.yaml -> .mar
 (or a no-archive folder). The version defaults to a hash of everything packed, so a changed model gets a new
 version and unchanged inputs rebuild nothing.
+
+Inputs are vetted before anything is read or written (`vet_inputs`): a name or output folder that could
+escape the output folder, a config that imports modules from outside our worker package (the worker would
+import them too), and a checkpoint that is a symbolic link, not a regular file, or a zip bomb are refused.
+A Python config is still code that mmengine runs when it parses it: only pack configs you trust.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import shutil
+import stat
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from codetr_serve.runtime.weights import file_sha256
@@ -23,6 +31,74 @@ PACKAGE = Path(__file__).resolve().parents[1]
 WORKER_PARTS = ("__init__.py", "runtime", "models", "ops")
 HANDLER = REPO / "handler" / "co_detr_handler.py"
 STAMP_SUFFIX = ".inputs-sha256"
+# TorchServe's own rule for model names, and a version that is safe in file names and URLs.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+#: Modules a config may name in `custom_imports`: the worker side of our package, which every archive packs.
+ALLOWED_IMPORTS = tuple(f"codetr_serve.{part}" for part in ("models", "ops", "runtime"))
+#: torch.save writes its zip members uncompressed, so a checkpoint that inflates to much more than its own
+#: size was not written by torch: a zip bomb, refused before anything reads it.
+_MAX_INFLATION, _INFLATION_SLACK = 4, 16 << 20
+
+
+class ArchiveInputError(ValueError):
+    """An archive input that is unsafe to use; the message says what to pass instead."""
+
+
+def vet_inputs(args: argparse.Namespace) -> None:
+    """Refuse unsafe inputs before reading or writing anything (see the module docstring)."""
+    if not _NAME.fullmatch(args.name) or ".." in args.name:
+        raise ArchiveInputError(f"--name {args.name!r} is not a model name: use letters, digits, '_', '-' "
+                                "and '.', starting with a letter or digit (it becomes a file name and a URL)")
+    if args.version is not None and not _VERSION.fullmatch(args.version):
+        raise ArchiveInputError(f"--version {args.version!r} is not a version: use letters, digits and "
+                                "'_', '-', '.', '+' (e.g. 1.2 or 1.0+abc123)")
+    if ".." in args.out.parts:
+        raise ArchiveInputError(f"--out {str(args.out)!r} contains '..': give the output folder without it "
+                                "(an absolute path, or one below the current directory)")
+    _vet_custom_imports(args.config)
+    if args.checkpoint is not None:
+        _vet_checkpoint(args.checkpoint)
+
+
+def _vet_custom_imports(config: Path) -> None:
+    from mmengine.config import Config
+
+    if not config.is_file():
+        raise FileNotFoundError(f"config {config} not found: pass an mmdet config file with --config")
+    imports = (Config.fromfile(str(config), import_custom_modules=False).get("custom_imports") or {})
+    names = imports.get("imports", []) if isinstance(imports, dict) else None
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list):
+        raise ArchiveInputError(f"{config}: custom_imports must be dict(imports=[...]), got {imports!r}")
+    outside = [n for n in names if not isinstance(n, str)
+               or not any(n == allowed or n.startswith(allowed + ".") for allowed in ALLOWED_IMPORTS)]
+    if outside:
+        raise ArchiveInputError(
+            f"{config}: custom_imports names {outside}, outside the package the worker ships; the worker "
+            f"would import them at start. Register custom modules under {', '.join(ALLOWED_IMPORTS)} and "
+            "import only those (the official configs need just codetr_serve.models).")
+
+
+def _vet_checkpoint(checkpoint: Path) -> None:
+    if checkpoint.is_symlink():
+        raise ArchiveInputError(f"--checkpoint {checkpoint} is a symbolic link (to {checkpoint.readlink()}); "
+                                "pass the real file, so what is packed is what you named")
+    try:
+        mode = checkpoint.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found") from None
+    if not stat.S_ISREG(mode):
+        raise ArchiveInputError(f"--checkpoint {checkpoint} is not a regular file; pass the .pth file itself")
+    if zipfile.is_zipfile(checkpoint):
+        size = checkpoint.stat().st_size
+        with zipfile.ZipFile(checkpoint) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
+        if inflated > _MAX_INFLATION * size + _INFLATION_SLACK:
+            raise ArchiveInputError(
+                f"--checkpoint {checkpoint} declares {inflated} bytes inside a {size}-byte file: torch "
+                "checkpoints are stored uncompressed, so this is a zip bomb or not a checkpoint. Pass the "
+                "file torch.save wrote.")
 
 
 def _progress_printer(label: str):
@@ -90,6 +166,7 @@ def run_archiver(args: argparse.Namespace, version: str, extra: Path) -> None:
 
 
 def build(args: argparse.Namespace) -> int:
+    vet_inputs(args)
     target = archive_path(args.out, args.name, args.format)
     stamp = args.out / f".{args.name}.{args.format}{STAMP_SUFFIX}"
     digest = inputs_digest(args.config, args.checkpoint, args.model_config, args.seed)
@@ -125,10 +202,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from codetr_serve.runtime.errors import ServingError
+    from codetr_serve.runtime.weight_errors import WeightsError
 
     try:
         return build(args)
-    except (ServingError, FileNotFoundError, ValueError) as error:
+    except (ServingError, WeightsError, FileNotFoundError, ValueError) as error:
         print(f"archive.sh: error: {error}", file=sys.stderr)
         return 2
 

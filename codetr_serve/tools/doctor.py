@@ -139,6 +139,15 @@ def probe_mmcv(out: Facts) -> None:
         out["mmcv_gpu_run_error"] = _run_nms("cuda")
 
 
+def probe_cpu_msda(out: Facts) -> None:
+    """Whether our compiled CPU deformable attention op loads and passes its self-check (else mmcv's path)."""
+    from codetr_serve.ops.msda import load_op
+
+    status = load_op()
+    out.update(cpu_msda_path="op" if status.available else "fallback", cpu_msda_detail=status.describe(),
+               cpu_msda_stale=status.stale)
+
+
 def probe_mmdet(out: Facts) -> None:
     """mmdet version, the mmcv/mmengine windows its __init__ asserts (read as text), then a guarded import."""
     out.update(mmdet_version=dist_version("mmdet"), mmengine_version=dist_version("mmengine"))
@@ -186,7 +195,8 @@ def probe_java(out: Facts) -> None:
 
 def probe_pins(out: Facts) -> None:
     """Pins from requirements/constraints.txt (read now, so the file stays the single source) vs installed."""
-    candidates = (REPO_ROOT / CONSTRAINTS, Path.cwd() / CONSTRAINTS)
+    override = os.environ.get("CODETR_CONSTRAINTS")  # e.g. the copy a container image ships
+    candidates = (*((Path(override),) if override else ()), REPO_ROOT / CONSTRAINTS, Path.cwd() / CONSTRAINTS)
     path = next((candidate for candidate in candidates if candidate.is_file()), None)
     if path is None:
         return
@@ -194,8 +204,8 @@ def probe_pins(out: Facts) -> None:
     out.update(constraints_path=str(path), pins=pins, installed={name: dist_version(name) for name in pins})
 
 
-PROBES: tuple[Callable[[Facts], None], ...] = (probe_torch, probe_gpu_driver, probe_mmcv, probe_mmdet,
-                                               probe_packages, probe_java, probe_pins)
+PROBES: tuple[Callable[[Facts], None], ...] = (probe_torch, probe_gpu_driver, probe_mmcv, probe_cpu_msda,
+                                               probe_mmdet, probe_packages, probe_java, probe_pins)
 
 
 def gather_facts() -> StackFacts:
@@ -233,6 +243,11 @@ def matrix_rows(facts: StackFacts) -> dict[str, str]:
     ops_cuda = f"CUDA {facts.mmcv_cuda}" if facts.mmcv_cuda else "CPU-only"
     ops = (f"nms runs; {ops_cuda}; {facts.mmcv_compiler}" if facts.mmcv_ops_ok
            else facts.mmcv_ops_import_error or facts.mmcv_ops_run_error or "not verified")
+    msda = ({"op": f"cpu_msda auto -> {facts.cpu_msda_detail}",
+             "fallback": f"mmcv's pure-PyTorch path ({facts.cpu_msda_detail})"}.get(facts.cpu_msda_path or "")
+            or f"not probed: {facts.errors.get('cpu_msda', 'unknown')}")
+    if facts.cuda_available:
+        msda += " (GPU workers use mmcv's CUDA kernel)"
     wants = f" (wants mmcv>={window[0]},<{window[1]})" if (window := facts.mmdet_mmcv_window) else ""
     differing = [name for name, pin in facts.pins.items()
                  if (facts.installed.get(name) or "").split("+", 1)[0] != pin]
@@ -242,6 +257,7 @@ def matrix_rows(facts: StackFacts) -> dict[str, str]:
         "gpu": gpu,
         "mmcv": _or_missing(facts.mmcv_version, f" ({facts.mmcv_dist})" if facts.mmcv_dist != "mmcv" else ""),
         "mmcv ops": ops if facts.mmcv_version else "MISSING",
+        "cpu msda": msda,
         "mmdet": _or_missing(facts.mmdet_version, wants),
         "mmengine": _or_missing(facts.mmengine_version),
         "numpy": _or_missing(facts.numpy_version),

@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from packaging.version import InvalidVersion, Version
+
 Severity = Literal["error", "warn", "ok"]
 SEVERITY_RANK: Mapping[str, int] = {"ok": 0, "warn": 1, "error": 2}
 MIN_JAVA = 17  # TorchServe 0.12's frontend is compiled for Java 17
 WEIGHTS_ONLY_DEFAULT_SINCE = "2.6"  # torch.load(weights_only=True) became the default in torch 2.6
-# Used only when constraints.txt is absent: the versions this project is built and tested with.
-FALLBACK_PINS: Mapping[str, str] = {"mmcv": "2.1.0", "numpy": "1.26.4", "opencv-python": "4.10.0.84"}
 Check = Callable[["StackFacts"], list["Finding"]]
 
 
@@ -47,6 +47,9 @@ class StackFacts:
     mmcv_gpu_run_error: str | None = None
     mmcv_cuda: str | None = None  # CUDA the ops were compiled with; None for CPU-only ops
     mmcv_compiler: str | None = None
+    cpu_msda_path: str | None = None  # "op" (our compiled CPU MSDA op), "fallback" (mmcv), None: not probed
+    cpu_msda_detail: str | None = None  # the library and its kernel, or why it cannot be used
+    cpu_msda_stale: bool = False  # built from another msda_cpu.cpp than the installed one
     mmdet_version: str | None = None
     mmdet_mmcv_window: tuple[str, str] | None = None  # [min, max) read from mmdet/__init__.py's text
     mmdet_mmengine_window: tuple[str, str] | None = None
@@ -67,14 +70,12 @@ class StackFacts:
     errors: Mapping[str, str] = field(default_factory=dict)  # probe name -> why it failed
 
 
-def version_key(version: str) -> tuple[tuple[int, ...], int, int]:
-    """Sortable key: release numbers, then pre-release (a < b < rc < final); local tags like +cpu ignored."""
-    match = re.match(r"\s*v?(\d+(?:\.\d+)*)(?:\.?(a|b|rc)(\d*))?", version)
-    if not match:
-        return ((0,), 0, 0)
-    release = (tuple(int(part) for part in match.group(1).split(".")) + (0,) * 4)[:4]  # "2.1" == "2.1.0"
-    pre_rank = {"a": 0, "b": 1, "rc": 2, None: 3}[match.group(2)]
-    return release, pre_rank, int(match.group(3) or 0)
+def version_key(version: str) -> Version:
+    """A comparable PEP 440 version without its local tag (2.13.0+cpu == 2.13.0); unparseable -> 0."""
+    try:
+        return Version(Version(version.strip()).public)
+    except InvalidVersion:
+        return Version("0")
 
 
 def major_minor(version: str | None) -> str | None:
@@ -84,20 +85,26 @@ def major_minor(version: str | None) -> str | None:
 
 
 def pin_of(facts: StackFacts, name: str) -> str | None:
-    """The pin of `name` (a PEP 503 name) from constraints.txt or, when that file is absent, the fallback."""
-    return facts.pins.get(name) or (None if facts.pins else FALLBACK_PINS.get(name))
+    """The pin of `name` (a PEP 503 name) in requirements/constraints.txt; None when it was not found."""
+    return facts.pins.get(name)
+
+
+def pin_spec(facts: StackFacts, name: str) -> str:
+    """`name==pin` for a fix command, or `name -c requirements/constraints.txt` when the pin is unknown."""
+    pin = pin_of(facts, name)
+    return f"{name}=={pin}" if pin else f"{name} -c requirements/constraints.txt"
 
 
 def mmcv_rebuild_fix(facts: StackFacts, torch_cuda: str | None = None) -> str:
     """The one command that (re)builds mmcv with compiled ops against the installed torch."""
-    version = pin_of(facts, "mmcv") or "2.1.0"
+    version = pin_spec(facts, "mmcv")
     if torch_cuda:
         tag = "cu" + (major_minor(torch_cuda) or "128").replace(".", "")  # setup.sh's TORCH_CUDA form
         # A separate wheel cache: setup.sh would otherwise reuse a cached CPU-only wheel whose ops still run.
         return (f"pip uninstall -y mmcv mmcv-lite && WHEEL_CACHE=.cache/wheels-{tag} "
-                f"make setup TORCH_CUDA={tag}  (builds mmcv=={version} with MMCV_WITH_OPS=1 FORCE_CUDA=1)")
-    return (f"pip uninstall -y mmcv mmcv-lite && make setup  (builds the full mmcv=={version} with ops: "
-            f"MMCV_WITH_OPS=1 MAX_JOBS=2 pip install --no-build-isolation mmcv=={version})")
+                f"make setup TORCH_CUDA={tag}  (builds {version} with MMCV_WITH_OPS=1 FORCE_CUDA=1)")
+    return (f"pip uninstall -y mmcv mmcv-lite && make setup  (builds the full {version} with ops: "
+            f"MMCV_WITH_OPS=1 MAX_JOBS=2 pip install --no-build-isolation {version})")
 
 
 def _error(component: str, what: str, fix: str = "") -> list[Finding]:
@@ -110,7 +117,7 @@ def _warn(component: str, what: str, fix: str = "") -> list[Finding]:
 
 def check_python(facts: StackFacts) -> list[Finding]:
     """Python 3.11 is what the venv, the cp311 mmcv wheel cache and CI use."""
-    release = version_key(facts.python_version)[0]
+    release = version_key(facts.python_version).release
     if release[:2] == (3, 11):
         return []
     report = _error if release[:2] < (3, 10) else _warn  # torch 2.13 has no wheel below 3.10: cannot work
@@ -187,6 +194,17 @@ def check_mmcv_cuda(facts: StackFacts) -> list[Finding]:
     return []
 
 
+def check_cpu_msda(facts: StackFacts) -> list[Finding]:
+    """CPU workers want our compiled deformable attention op: mmcv's CPU fallback is ~70 % of a forward."""
+    fix = "python -m codetr_serve.tools.build_ops  (part of make setup; needs a C++ compiler)"
+    if facts.cpu_msda_path == "fallback" and not facts.cuda_available:
+        return _warn("cpu msda", f"CPU deformable attention runs on mmcv's pure-PyTorch fallback "
+                     f"({facts.cpu_msda_detail}): CPU forwards are about 2.5x slower", fix)
+    if facts.cpu_msda_path == "op" and facts.cpu_msda_stale:
+        return _warn("cpu msda", f"the compiled op is older than its source: {facts.cpu_msda_detail}", fix)
+    return []
+
+
 def check_mmdet(facts: StackFacts) -> list[Finding]:
     """mmdet present, and mmcv / mmengine inside the windows mmdet's __init__ asserts."""
     if facts.mmdet_version is None:
@@ -231,16 +249,15 @@ def check_java(facts: StackFacts) -> list[Finding]:
 def check_numpy_opencv(facts: StackFacts) -> list[Finding]:
     """numpy of the pinned major (the compiled wheels of this stack are built against it), importable cv2."""
     findings: list[Finding] = []
-    pinned = pin_of(facts, "numpy") or "1.26.4"
-    pinned_major = version_key(pinned)[0][0]
+    pinned = pin_of(facts, "numpy")
     if facts.numpy_version is None:
-        findings += _error("numpy", "numpy is not installed", f"pip install 'numpy=={pinned}'")
-    elif version_key(facts.numpy_version)[0][0] != pinned_major:
+        findings += _error("numpy", "numpy is not installed", f"pip install '{pin_spec(facts, 'numpy')}'")
+    elif pinned and version_key(facts.numpy_version).major != version_key(pinned).major:
         findings += _error("numpy", f"numpy {facts.numpy_version}: this stack is pinned to {pinned}; mmcv's "
-                           f"ops, mmdet and opencv wheels here are built for numpy {pinned_major}.x",
-                           f"pip install 'numpy=={pinned}'")
+                           f"ops, mmdet and opencv wheels here are built for numpy "
+                           f"{version_key(pinned).major}.x", f"pip install 'numpy=={pinned}'")
     if facts.opencv_version is None or facts.opencv_import_error:
-        fix = f"pip install 'opencv-python=={pin_of(facts, 'opencv-python') or '4.10.0.84'}'"
+        fix = f"pip install '{pin_spec(facts, 'opencv-python')}'"
         findings += _error("opencv", f"cv2 is not importable: {facts.opencv_import_error or 'not installed'}",
                            fix)
     return findings
@@ -250,7 +267,7 @@ def check_installed(facts: StackFacts) -> list[Finding]:
     """Packages the checks above only need to be present: TorchServe, the .mar archiver, mmengine."""
     installed = {"torchserve": facts.torchserve_version, "torch-model-archiver": facts.archiver_version,
                  "mmengine": facts.mmengine_version}
-    return [Finding("error", name, f"{name} is not installed", f"pip install '{name}=={pin_of(facts, name)}'")
+    return [Finding("error", name, f"{name} is not installed", f"pip install '{pin_spec(facts, name)}'")
             for name, version in installed.items() if version is None]
 
 
@@ -279,11 +296,11 @@ def check_pins(facts: StackFacts) -> list[Finding]:
     return findings
 
 
-COMPONENTS = ("python", "torch", "gpu", "mmcv", "mmcv ops", "mmdet", "mmengine", "numpy", "opencv",
-              "torchserve", "torch-model-archiver", "java", "pins")
-ALL_CHECKS: tuple[Check, ...] = (check_python, check_torch, check_mmcv_ops, check_mmcv_cuda, check_mmdet,
-                                 check_java, check_numpy_opencv, check_installed, check_checkpoint_loading,
-                                 check_pins)
+COMPONENTS = ("python", "torch", "gpu", "mmcv", "mmcv ops", "cpu msda", "mmdet", "mmengine", "numpy",
+              "opencv", "torchserve", "torch-model-archiver", "java", "pins")
+ALL_CHECKS: tuple[Check, ...] = (check_python, check_torch, check_mmcv_ops, check_mmcv_cuda, check_cpu_msda,
+                                 check_mmdet, check_java, check_numpy_opencv, check_installed,
+                                 check_checkpoint_loading, check_pins)
 
 
 def run_checks(facts: StackFacts, checks: tuple[Check, ...] = ALL_CHECKS) -> list[Finding]:

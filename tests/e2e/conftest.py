@@ -6,14 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
-from codetr_serve.tools.local_torchserve import free_ports, write_ts_config
+from codetr_serve.tools.local_torchserve import LocalTorchServe
 from codetr_serve.tools.torchserve_api import TorchServeClient, read_keys
 from tests.conftest import REPO, TINY_CONFIG
 
@@ -39,11 +37,26 @@ def run_archive(*args: str) -> subprocess.CompletedProcess:
 
 @dataclass
 class Server:
-    root: Path
-    store: Path
+    """The session's TorchServe, with the helpers tests use."""
+
+    local: LocalTorchServe
     client: TorchServeClient
-    metrics_url: str
-    process: subprocess.Popen
+
+    @property
+    def root(self) -> Path:
+        return self.local.root
+
+    @property
+    def store(self) -> Path:
+        return self.local.store
+
+    @property
+    def process(self) -> subprocess.Popen:
+        return self.local.process
+
+    @property
+    def metrics_url(self) -> str:
+        return self.local.url("metrics", "metrics")
 
     @property
     def keys(self) -> dict[str, str]:
@@ -56,27 +69,13 @@ class Server:
         return {"Authorization": f"Bearer {self.keys[api]}"}
 
     def log_text(self) -> str:
-        logs = self.root / "logs"
-        return "".join(p.read_text(errors="replace") for p in logs.glob("*.log")) if logs.exists() else ""
+        return self.local.log_text("*.log")
 
 
-def wait_until_ready(server: Server, models: list[str], deadline_s: float = 300) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"torchserve exited early:\n{server.log_text()[-4000:]}")
-        try:
-            if server.keys and all(_workers_ready(server, m) for m in models):
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"torchserve not ready after {deadline_s}s:\n{server.log_text()[-4000:]}")
-
-
-def _workers_ready(server: Server, model: str) -> bool:
-    response = server.client.manage("GET", f"models/{model}")
-    return any(w["status"] == "READY" for entry in response.json() for w in entry["workers"])
+def client_for(local: LocalTorchServe) -> TorchServeClient:
+    base = "http://127.0.0.1"
+    return TorchServeClient(f"{base}:{local.ports['inference']}", f"{base}:{local.ports['management']}",
+                            local.root / "key_file.json", timeout_s=120)
 
 
 @pytest.fixture(scope="session")
@@ -89,24 +88,12 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         built = run_archive("--config", str(TINY_CONFIG), "--out", str(store), "--name", name,
                             "--format", fmt, "--model-config", str(model_config))
         assert built.returncode == 0, built.stderr
-    ports = free_ports()
-    config = write_ts_config(root, ports)
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "TEMP": str(root), "TMPDIR": str(root)}
-    command = [str(VENV_BIN / "torchserve"), "--start", "--ncs", "--foreground", "--enable-model-api",
-               "--ts-config", str(config), "--model-store", str(store),
-               "--models", "co_detr=co_detr.mar", "co_detr_folder=co_detr_folder"]
-    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.STDOUT)
-    client = TorchServeClient(f"http://127.0.0.1:{ports['inference']}",
-                              f"http://127.0.0.1:{ports['management']}", root / "key_file.json",
-                              timeout_s=120)
-    srv = Server(root, store, client, f"http://127.0.0.1:{ports['metrics']}/metrics", process)
+    local = LocalTorchServe(root, store, {"co_detr": "co_detr.mar", "co_detr_folder": "co_detr_folder"},
+                            flags=("--enable-model-api",))
     try:
-        wait_until_ready(srv, ["co_detr", "co_detr_folder"])
-        yield srv
+        local.start()
+        local.wait_ready(300)
+        yield Server(local, client_for(local))
     finally:
-        subprocess.run([str(VENV_BIN / "torchserve"), "--stop", "--foreground"], cwd=root, env=env,
-                       capture_output=True, timeout=120)
-        if process.poll() is None:
-            process.kill()
+        local.stop()
         shutil.rmtree(root / "models", ignore_errors=True)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import base64
-import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from tests.response_schema import validate
 from tests.conftest import encode_image
+from tests.e2e.scrape import count_forwards
+from tests.response_schema import validate
 
 pytestmark = pytest.mark.e2e
 
@@ -70,34 +70,15 @@ def test_corrupt_image_is_4xx_while_its_batch_mate_succeeds(server):
     assert responses[3].json()["error"]["code"] == "unsupported_image_format"
 
 
-def metric_value(text: str, name: str, model: str = "co_detr") -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and f'ModelName="{model}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_concurrent_requests_are_batched(server):
-    before = requests.get(server.metrics_url, timeout=30).text
-    images_before = metric_value(before, "CoDetrImages")
-    batches_before = metric_value(before, "CoDetrBatches")
-    with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda _: _post(server, JPEG), range(8)))
-    assert all(r.status_code == 200 for r in responses)
-    after = requests.get(server.metrics_url, timeout=30).text
-    images = metric_value(after, "CoDetrImages") - images_before
-    batches = metric_value(after, "CoDetrBatches") - batches_before
+    def send() -> None:
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda _: _post(server, JPEG), range(8)))
+        assert all(r.status_code == 200 for r in responses)
+
+    images, batches = count_forwards(server, send, images=8)
     assert images == 8
     assert batches < images, f"{images} images took {batches} forwards: no batching happened"
-
-
-def test_metrics_expose_builtin_and_custom(server):
-    _post(server, JPEG)
-    text = requests.get(server.metrics_url, timeout=30).text
-    for name in ("ts_inference_requests_total", "ts_inference_latency_microseconds", "CoDetrInferenceMs",
-                 "CoDetrPreprocessMs", "CoDetrBatchSize", "CoDetrImages", "CoDetrBatches"):
-        assert re.search(rf"^{name}\{{", text, re.M), f"{name} missing from /metrics"
 
 
 def test_requests_without_token_are_refused(server):

@@ -16,6 +16,7 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 from ts.metrics.unit import Units
 
 from tests.conftest import REPO, encode_image
+from tests.response_schema import validate
 
 METRICS_YAML = REPO / "config" / "metrics.yaml"
 
@@ -38,9 +39,11 @@ def make_context(model_dir: Path, handler_section: dict, batch_size: int) -> Con
 
 
 def start_batch(context: Context, size: int, headers: list[dict] | None = None) -> None:
-    """What TorchServe's worker does per batch: one request processor (headers, status) per request."""
+    """What TorchServe's worker does per batch: one request processor (headers, status) per request, and
+    TorchServe's request ids (what it returns as the x-request-id header)."""
     context.request_processor = [RequestProcessor(h) for h in (headers or [{}] * size)]
-    context.metrics.set_request_ids({i: f"req-{i}" for i in range(size)})
+    context.request_ids = {i: f"ts-{i}" for i in range(size)}
+    context.metrics.set_request_ids(context.request_ids)
 
 
 @pytest.fixture(scope="module")
@@ -103,30 +106,114 @@ def test_batch_results_equal_single_requests(handler_and_context):
                 assert a["box"][key] == pytest.approx(b["box"][key], abs=1e-3)
 
 
-def test_metrics_emitted_with_declared_names(handler_and_context, caplog):
-    handler, context = handler_and_context
-    start_batch(context, 3)
+METRIC_LINE = re.compile(r"\[METRICS\](\w+)\.(\w+):([\d.e-]+)\|#(.*?)\|#type:(\w+)")
+
+
+def emitted_metrics(handler, context, caplog, batch: list[dict]) -> list[tuple[str, str, float, str, str]]:
+    """(name, unit, value, dimensions, type) of every [METRICS] line the handler printed for one batch."""
+    start_batch(context, len(batch))
     with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
-        handler.handle([{"body": bytearray(encode_image(64, 64, seed=5))},
-                        {"body": bytearray(encode_image(64, 48, seed=6))},
-                        {"body": bytearray(b"")}], context)
+        handler.handle(batch, context)
     lines = [r.getMessage() for r in caplog.records if r.name == "ts.metrics.caching_metric"]
+    caplog.clear()
     assert not [line for line in lines if "Failed to update" in line], lines
-    emitted = {}
-    for line in lines:
-        match = re.match(r"\[METRICS\](\w+)\.(\w+):([\d.]+)\|#(.*?)\|#type:(\w+)", line)
-        emitted[match[1]] = (match[2], float(match[3]), match[4], match[5].lower())
-    declared = yaml.safe_load(METRICS_YAML.read_text())["model_metrics"]
+    return [(m[1], m[2], float(m[3]), m[4], m[5].lower()) for m in map(METRIC_LINE.match, lines)]
+
+
+def declared_metrics() -> dict[str, tuple[str, str, list[str]]]:
+    """name -> (type, unit as TorchServe prints it, dimension names) from config/metrics.yaml."""
+    sections = yaml.safe_load(METRICS_YAML.read_text())["model_metrics"]
     units = Units().units  # TorchServe prints declared units in long form ("ms" -> "Milliseconds")
-    declared = {m["name"]: (kind, units.get(m["unit"], m["unit"]))
-                for kind, metrics in declared.items() for m in metrics}
-    for name, (unit, _, _, kind) in emitted.items():
-        assert declared[name] == (kind, unit), name
-    assert emitted["CoDetrBatchSize"][1] == 2
-    assert emitted["CoDetrImages"][1] == 2
-    assert emitted["CoDetrRejectedInputs"][2] == "Reason:empty_input,ModelName:co_detr,Level:Model"
-    assert {"CoDetrPreprocessMs", "CoDetrInferenceMs", "CoDetrPostprocessMs", "CoDetrBatches",
-            "CoDetrDetectionsPerImage"} <= set(emitted)
+    return {m["name"]: (kind, units.get(m["unit"], m["unit"]), m["dimensions"])
+            for kind, metrics in sections.items() for m in metrics}
+
+
+def histogram(points, name: str) -> dict[str, float]:
+    """One batch's increments of histogram `name`: {le: count, ..., "sum": s, "count": n}."""
+    found = {dims.split(",")[0].removeprefix("le:"): value
+             for point_name, _, value, dims, _ in points if point_name == f"{name}_bucket"}
+    found.update({key: value for point_name, _, value, _, _ in points
+                  for key in ("sum", "count") if point_name == f"{name}_{key}"})
+    return found
+
+
+def test_metrics_emitted_are_declared_and_histograms_are_cumulative(handler_and_context, caplog):
+    handler, context = handler_and_context
+    points = emitted_metrics(handler, context, caplog, [{"body": bytearray(encode_image(64, 64, seed=5))},
+                                                         {"body": bytearray(encode_image(64, 48, seed=6))},
+                                                         {"body": bytearray(b"")}])
+    declared = declared_metrics()
+    for name, unit, _, dims, kind in points:
+        assert declared[name][:2] == (kind, unit), name
+        assert [d.split(":")[0] for d in dims.split(",")] == declared[name][2], name
+    assert set(declared) - {"HandlerTime", "PredictionTime"} <= {p[0] for p in points}
+
+    sizes = histogram(points, "CoDetrBatchSize")  # two good images: in le=2 and above, not in le=1
+    assert sizes == {"1.0": 0, "2.0": 1, "4.0": 1, "8.0": 1, "16.0": 1, "32.0": 1, "64.0": 1, "+Inf": 1,
+                     "sum": 2, "count": 1}
+    forward = histogram(points, "CoDetrForwardSeconds")
+    bounds = [float(le) for le in forward if le not in ("+Inf", "sum", "count")]
+    assert bounds == sorted(bounds, reverse=True)  # largest first: cumulative while TorchServe applies them
+    assert forward["+Inf"] == forward["count"] == 1 and forward["sum"] > 0
+    assert all(forward[repr(b)] == (forward["sum"] <= b) for b in bounds)  # cumulative at the right bound
+    values = {name: value for name, _, value, _, _ in points}
+    assert values["CoDetrImages"] == 2 and values["CoDetrConfiguredBatchSize"] == 4
+    assert values["CoDetrWorkerMemoryBytes"] > 50e6  # a worker with torch loaded holds far more than 50 MB
+    rejected = [dims for name, _, _, dims, _ in points if name == "CoDetrRejectedInputs"]
+    assert rejected == ["Reason:empty_input,ModelName:co_detr,Level:Model"]
+
+
+def test_request_ids_reach_bodies_and_log_lines(handler_and_context, caplog):
+    handler, context = handler_and_context
+    good = bytearray(encode_image(96, 64, seed=8))
+    headers = [{"X-Request-ID": "client-42"}, {"x-request-id": "bad id\nwith newline"}, {},
+               {"X-Request-ID": "x" * 129}]
+    start_batch(context, 4, headers=headers)
+    with caplog.at_level(logging.INFO, logger="codetr_serve"):  # INFO: nothing for the two successes
+        bodies = handler.handle([{"body": good}, {"body": bytearray(b"GIF89a....")}, {"body": good},
+                                 {"body": bytearray(b"")}], context)
+    assert [b["request_id"] for b in bodies] == ["client-42", "ts-1", "ts-2", "ts-3"]
+    assert validate(bodies[0]) == [] and bodies[1]["error"]["code"] == "unsupported_image_format"
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("codetr_serve")]
+    assert lines == [
+        (logging.INFO, f"refused request_id=ts-1 status=415 code=unsupported_image_format: "
+                       f"{bodies[1]['error']['message']}"),
+        (logging.INFO, f"refused request_id=ts-3 status=400 code=empty_input: "
+                       f"{bodies[3]['error']['message']}")]
+
+
+def test_a_failed_batch_is_logged_with_its_request_ids(handler_and_context, caplog, monkeypatch):
+    handler, context = handler_and_context
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(handler.core.detector.model, "predict", broken)
+    start_batch(context, 2, headers=[{"X-Request-ID": "job-7/frame-1"}, {}])
+    with caplog.at_level(logging.INFO, logger="codetr_serve"):
+        bodies = handler.handle([{"body": bytearray(encode_image(64, 64))}] * 2, context)
+    assert [context.get_response_status(i)[0] for i in range(2)] == [500, 500]
+    assert [b["request_id"] for b in bodies] == ["job-7/frame-1", "ts-1"]
+    records = [r for r in caplog.records if r.name.startswith("codetr_serve")]
+    assert "request_ids=job-7/frame-1,ts-1" in records[0].getMessage() and records[0].exc_info
+    assert [(r.levelno, r.getMessage().split(":")[0]) for r in records[1:]] == [
+        (logging.WARNING, "refused request_id=job-7/frame-1 status=500 code=inference_failed"),
+        (logging.WARNING, "refused request_id=ts-1 status=500 code=inference_failed")]
+
+
+def test_debug_log_level_adds_one_line_per_success(tiny_model_dir, caplog):
+    handler = load_handler_class()()
+    context = make_context(tiny_model_dir, {"warmup_runs": 0, "log_level": "DEBUG"}, batch_size=2)
+    try:
+        handler.initialize(context)
+        start_batch(context, 2)
+        with caplog.at_level(logging.DEBUG, logger="ts"):  # opens the capture; our level is the setting
+            handler.handle([{"body": bytearray(encode_image(64, 64))}] * 2, context)
+    finally:
+        logging.getLogger("codetr_serve").setLevel(logging.INFO)
+    served = [r.getMessage() for r in caplog.records if r.name.startswith("codetr_serve") and
+              r.levelno == logging.DEBUG and r.getMessage().startswith("served")]
+    assert served == ["served request_id=ts-0", "served request_id=ts-1"]
 
 
 def test_handler_file_only_adapts():

@@ -21,12 +21,12 @@ from torch import nn
 
 from codetr_serve.convert.checkpoint import read_checkpoint
 from codetr_serve.convert.checkpoint_allowlist import InertObject, InertReference
-from codetr_serve.runtime.errors import ServingError
 from codetr_serve.runtime.weight_errors import (
     CheckpointCorrupt,
     CheckpointFormatError,
     CheckpointNotFound,
     UnsafeCheckpoint,
+    WeightsError,
 )
 
 CLASSES = ("person", "car", "traffic light")
@@ -180,7 +180,7 @@ def test_malicious_payload_is_refused_and_never_runs(tmp_path: Path, zip_format:
     assert not marker.exists()
     assert info.value.offending == ("posix.system",)
     assert "posix.system" in str(info.value) and "codetr_serve.convert.export" in str(info.value)
-    assert isinstance(info.value, ServingError) and info.value.status == 500
+    assert isinstance(info.value, WeightsError) and info.value.code == "checkpoint_unsafe"
 
 
 def test_history_buffer_name_runs_no_mmengine_code(tmp_path: Path) -> None:

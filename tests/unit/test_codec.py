@@ -1,4 +1,4 @@
-"""Wire format: every accepted request form, option parsing, and every rejection reason."""
+"""The /predictions wire format and the shared codec: every accepted form, option parsing, every rejection."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from codetr_serve.runtime.codec import ParsedRequest, RequestLimits, RequestOptions, parse_request
+from codetr_serve.runtime.codec import ParsedRequest, RequestLimits, RequestOptions
 from codetr_serve.runtime.errors import (
     EmptyInput,
     InvalidBase64,
@@ -17,6 +17,7 @@ from codetr_serve.runtime.errors import (
     MissingImage,
     PayloadTooLarge,
 )
+from codetr_serve.runtime.protocol.predictions import parse_request
 
 # The codec never decodes pixels, so any bytes stand in for an image; these start like a PNG.
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -161,7 +162,7 @@ def test_max_detections_rejected(value: Any) -> None:
 
 
 def test_max_detections_range_follows_limits() -> None:
-    limits = RequestLimits(max_detections=50)
+    limits = RequestLimits(max_detections_limit=50)
     assert parse({"body": bytearray(IMAGE), "max_detections": b"50"}, limits).options.max_detections == 50
     with pytest.raises(InvalidOption, match="between 1 and 50"):
         parse({"body": bytearray(IMAGE), "max_detections": b"51"}, limits)
@@ -269,4 +270,6 @@ def test_limits_validate_themselves() -> None:
     with pytest.raises(ValueError):
         RequestLimits(max_bytes=0)
     with pytest.raises(ValueError):
-        RequestLimits(max_detections=0)
+        RequestLimits(max_detections_limit=0)
+    with pytest.raises(ValueError):
+        RequestLimits(max_images=0)

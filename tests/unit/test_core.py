@@ -6,7 +6,8 @@ import pytest
 import torch
 from mmcv.transforms import Compose
 
-from codetr_serve.runtime.core import DetectorCore, canvas_groups
+from codetr_serve.runtime.batch import canvas_groups
+from codetr_serve.runtime.core import DetectorCore
 from codetr_serve.runtime.decode import DecodeLimits, decode_image
 from codetr_serve.runtime.model_loader import load_config
 from codetr_serve.runtime.pipeline import PreparedImage, serving_pipeline

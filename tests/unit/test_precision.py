@@ -60,3 +60,34 @@ def test_inference_precision_is_inference_mode_and_fp32_on_cpu():
         out = layer(torch.randn(1, 3))
         assert torch.is_inference_mode_enabled()
     assert out.dtype == torch.float32
+
+
+def test_the_switch_follows_the_tensors_device_not_the_host(monkeypatch):
+    # On a CUDA host a CPU model still runs under CPU autocast: the wrapper must switch that one off.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    model = Outer()
+    keep_in_fp32(model, (Recorder,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.attention(model.head(torch.randn(2, 4)))
+    assert model.attention.seen == [torch.float32]
+    assert out.dtype == torch.float32
+
+
+class KeywordOnly(nn.Module):
+    """Called without positional tensors: the device comes from a keyword tensor or the parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+
+    def forward(self, query: torch.Tensor | None = None) -> torch.Tensor:
+        return self.linear(torch.ones(1, 4) if query is None else query)
+
+
+def test_keyword_and_parameter_only_calls_are_kept_fp32_too(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    module = KeywordOnly()
+    keep_in_fp32(module, (KeywordOnly,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert module(query=torch.randn(2, 4).bfloat16()).dtype == torch.float32
+        assert module().dtype == torch.float32

@@ -133,7 +133,7 @@ def test_damaged_serving_dirs_are_refused(tmp_path: Path) -> None:
     (other / META_FILE).write_text("{not json")
     with pytest.raises(ServingWeightsError, match="unreadable") as info:
         load_serving_weights(other)
-    assert info.value.status == 500 and "Re-export" in info.value.message
+    assert info.value.code == "serving_weights_invalid" and "Re-export" in info.value.message
 
 
 def test_apply_full_state_dict_loads_everything() -> None:
@@ -171,7 +171,7 @@ def test_missing_inference_key_raises_and_leaves_the_model_untouched() -> None:
         apply_state_dict(model, state)
 
     assert "'query_head.query_embedding.weight'" in info.value.message
-    assert "1 keys of the inference path" in info.value.message and info.value.status == 500
+    assert "1 keys of the inference path" in info.value.message and info.value.code == "state_dict_mismatch"
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 
