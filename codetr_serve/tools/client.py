@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the raw JSON response")
     args = parser.parse_args(argv)
 
-    image = args.image.read_bytes()
+    try:
+        image = args.image.read_bytes()
+    except OSError as error:
+        parser.error(f"cannot read {args.image}: {error.strerror or error}")
     params = {k: v for k, v in (("score_threshold", args.score_threshold),
                                 ("max_detections", args.max_detections)) if v is not None}
     client = TorchServeClient(inference_url=args.url, key_file=args.key_file)
