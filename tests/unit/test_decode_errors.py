@@ -87,24 +87,22 @@ def test_corrupted_files_get_messages_of_ours(source: str) -> None:
     assert "undecodable_image" in outcomes  # the mutations did reach the error paths
 
 
-def test_any_exception_from_the_header_parser_is_an_undecodable_image(monkeypatch) -> None:
+@pytest.mark.parametrize(("target", "failure", "said", "hidden"), [
+    ("Image.open", struct.error("unpack requires a buffer of 4 bytes <secret at 0x1>"), "looks like PNG",
+     "unpack"),
+    ("cv2.imdecode", cv2.error("OpenCV(4.10.0) resize.cpp:4155: error: (-215:Assertion failed)"),
+     "PNG image could not be decoded", "OpenCV"),
+])
+def test_any_exception_from_a_decoder_library_is_an_undecodable_image(monkeypatch, target, failure, said,
+                                                                       hidden) -> None:
     def explode(*args: Any, **kwargs: Any) -> None:
-        raise struct.error("unpack requires a buffer of 4 bytes <secret at 0x1>")
+        raise failure
 
-    monkeypatch.setattr(decode_module.Image, "open", explode)
+    module_name, function = target.split(".")
+    monkeypatch.setattr(getattr(decode_module, module_name), function, explode)
     with pytest.raises(UndecodableImage) as caught:
         decode_image(SOURCES["png"], LIMITS)
-    assert "looks like PNG" in caught.value.message and "unpack" not in caught.value.message
-
-
-def test_a_raising_pixel_decoder_is_an_undecodable_image(monkeypatch) -> None:
-    def explode(*args: Any, **kwargs: Any) -> None:
-        raise cv2.error("OpenCV(4.10.0) resize.cpp:4155: error: (-215:Assertion failed)")
-
-    monkeypatch.setattr(decode_module.cv2, "imdecode", explode)
-    with pytest.raises(UndecodableImage) as caught:
-        decode_image(SOURCES["png"], LIMITS)
-    assert "PNG image could not be decoded" in caught.value.message and "OpenCV" not in caught.value.message
+    assert said in caught.value.message and hidden not in caught.value.message
 
 
 def test_limits_hold_for_what_the_decoder_produced(monkeypatch) -> None:
