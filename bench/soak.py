@@ -167,9 +167,11 @@ def slope_mb_per_min(samples: list[Sample], field: str, after_min: float) -> flo
     return float(np.polyfit(t, v, 1)[0])
 
 
-def build_server(root: Path) -> LocalTorchServe:
+def build_server(root: Path, handler: list[str]) -> LocalTorchServe:
     store = root / "model_store"
-    (root / "model-config.yaml").write_text(MODEL_CONFIG)
+    pairs = (setting.split("=", 1) for setting in handler)
+    extra = "".join(f"  {key.strip()}: {value.strip()}\n" for key, value in pairs)
+    (root / "model-config.yaml").write_text(MODEL_CONFIG + extra)
     subprocess.run([str(REPO / "archive.sh"), "--config", str(REPO / "config" / "co_dino_tiny.py"),
                     "--out", str(store), "--name", MODEL, "--model-config", str(root / "model-config.yaml")],
                    check=True, env={**os.environ, "PYTHON_BIN": sys.executable}, stdout=subprocess.DEVNULL)
@@ -177,7 +179,7 @@ def build_server(root: Path) -> LocalTorchServe:
 
 
 def run(args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp, build_server(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp, build_server(Path(tmp), args.handler) as server:
         server.wait_ready(300)
         [worker_pid] = server.worker_pids(MODEL)
         worker, java = psutil.Process(worker_pid), frontend_process(server)
@@ -206,7 +208,8 @@ def run(args: argparse.Namespace) -> dict:
     warmup = max(1.0, args.minutes / 5)
     latencies = [lat * 1000 for _, _, ok, lat in soak.results if ok]
     summary = {
-        "minutes": args.minutes, "clients": args.clients, "requests": len(soak.results),
+        "minutes": args.minutes, "clients": args.clients, "handler": args.handler,
+        "requests": len(soak.results),
         "by_kind": dict(Counter(name for _, name, _, _ in soak.results)), "lost": dict(soak.lost),
         "worker_restarted": restarted, "warmup_min": warmup,
         "worker_rss_slope_mb_per_min": slope_mb_per_min(samples, "worker_rss_mb", warmup),
@@ -237,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--max-slope", type=float, default=1.0, help="worker RSS MB/min after warm-up")
+    parser.add_argument("--handler", action="append", default=[], metavar="KEY=VALUE",
+                        help="a handler setting for the soaked model, e.g. keep_freed_memory=false")
     parser.add_argument("--out", type=Path,
                         default=REPO / "bench" / "results" / time.strftime("soak-%Y%m%d-%H%M%S"))
     args = parser.parse_args(argv)
