@@ -37,6 +37,7 @@ __all__ = [
     "RequestLimits",
     "RequestOptions",
     "decode_base64_text",
+    "header",
     "option_fields",
     "options_from_headers",
     "parse_options",
@@ -92,12 +93,12 @@ def read_payload(request: Mapping[str, Any]) -> Any:
 OPTION_HEADERS = {"x-score-threshold": _SCORE_THRESHOLD, "x-max-detections": _MAX_DETECTIONS}
 
 
-def _options_from_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+def options_from_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     return {OPTION_HEADERS[name.lower()]: value for name, value in headers.items()
             if isinstance(name, str) and name.lower() in OPTION_HEADERS}
 
 
-def _options_only(source: Mapping[str, Any]) -> dict[str, Any]:
+def option_fields(source: Mapping[str, Any]) -> dict[str, Any]:
     return {key: source[key] for key in (_SCORE_THRESHOLD, _MAX_DETECTIONS) if key in source}
 
 
@@ -168,7 +169,7 @@ def _json_array_error() -> InvalidJSON:
     return InvalidJSON('The JSON body is an array; send one object per request, like {"image": "<base64>"}.')
 
 
-def _decode_base64_text(text: str, limits: RequestLimits) -> bytes:
+def decode_base64_text(text: str, limits: RequestLimits) -> bytes:
     """Decode standard or URL-safe base64, optionally a data URL; lenient on whitespace and padding."""
     text = _strip_data_url(text.strip())
     compact = "".join(text.split())
@@ -276,11 +277,6 @@ def _printable(value: Any) -> Any:
     return shown
 
 
-# Public names for the pieces the wire formats (codetr_serve.runtime.protocol) share.
-decode_base64_text = _decode_base64_text
-options_from_headers = _options_from_headers
-option_fields = _options_only
-
 
 #: A client's own id for a request: visible ASCII only, so it can never break a log line or a header.
 REQUEST_ID_HEADER = "x-request-id"
@@ -295,14 +291,16 @@ def request_id(headers: Mapping[str, Any], fallback: str | None = None) -> str:
     An invalid header (control characters, spaces, non-ASCII, over 128 characters) is replaced rather than
     refused: the id exists to trace a request, not to fail it.
     """
-    for candidate in (_header(headers, REQUEST_ID_HEADER), fallback):
-        if isinstance(candidate, bytes | bytearray):
-            candidate = candidate.decode("ascii", errors="replace")
+    for candidate in (header(headers, REQUEST_ID_HEADER), fallback):
         if isinstance(candidate, str) and _REQUEST_ID.fullmatch(candidate):
             return candidate
     return uuid.uuid4().hex
 
 
-def _header(headers: Mapping[str, Any], name: str) -> Any:
-    return next((value for key, value in headers.items() if isinstance(key, str) and key.lower() == name),
-                None)
+def header(headers: Mapping[str, Any], name: str) -> str | None:
+    """A header's value as text, looked up case-insensitively (TorchServe keeps the client's spelling)."""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == wanted:
+            return value.decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
+    return None

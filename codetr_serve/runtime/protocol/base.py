@@ -17,7 +17,7 @@ from codetr_serve.runtime.codec import ParsedRequest, RequestLimits
 from codetr_serve.runtime.detections import ModelInfo
 from codetr_serve.runtime.errors import AllImagesFailed, EmptyInput, ServingError, TooManyImages
 
-__all__ = ["Answer", "Body", "Envelope", "ImageItem", "WireProtocol", "decode_element", "header",
+__all__ = ["Answer", "Body", "Envelope", "ImageItem", "WireProtocol", "decode_element",
            "image_count_within", "json_type", "kserve_error_body", "overall"]
 
 
@@ -94,15 +94,6 @@ def kserve_error_body(error: Mapping[str, Any]) -> dict[str, Any]:
     """The Open Inference Protocol's error shape, ``{"error": "<message>"}``, which clients such as
     tritonclient print as text; our stable ``code`` rides along for clients that branch on it."""
     return {"error": str(error["message"]), "code": error["code"]}
-
-
-def header(headers: Mapping[str, Any], name: str) -> str | None:
-    """A header's value as text, looked up case-insensitively (TorchServe keeps the client's spelling)."""
-    wanted = name.lower()
-    for key, value in headers.items():
-        if isinstance(key, str) and key.lower() == wanted:
-            return value.decode("latin-1") if isinstance(value, bytes | bytearray) else str(value)
-    return None
 
 
 def json_type(value: Any) -> str:

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from codetr_serve.runtime import codec
+from codetr_serve.runtime.codec import header
 from codetr_serve.runtime.errors import InvalidEnvelope
-from codetr_serve.runtime.protocol.base import Body, header
+from codetr_serve.runtime.protocol.base import Body
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _FIX = ("send a JSON body without the header, or let the client build it "
