@@ -163,7 +163,7 @@ class DetectorCore:
         except ServingError as error:
             with self._stats_lock:
                 self.last_stats.rejected[error.code] += 1
-            return error, wire
+            return error.detached(), wire
         except Exception as error:  # noqa: BLE001 - one odd request must not fail its batch-mates
             log.exception("unexpected failure parsing one request")
             return InferenceFailed("the server failed to read this request; report it with the request",
@@ -183,7 +183,7 @@ class DetectorCore:
         except ServingError as error:
             with self._stats_lock:  # decode threads share the counter
                 self.last_stats.rejected[error.code] += 1
-            return error
+            return error.detached()
         except Exception as error:  # noqa: BLE001 - one odd input must not fail its batch-mates
             log.exception("unexpected failure preparing one input")
             return InferenceFailed("the server failed to prepare this image; report it with the image",

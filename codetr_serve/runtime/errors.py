@@ -68,6 +68,24 @@ class ServingError(Exception):
         self.details: dict[str, Any] = details
         super().__init__(self.message)
 
+    def detached(self) -> ServingError:
+        """This error, fit to be kept as a value after its ``except`` block: its traceback (and its causes')
+        dropped.
+
+        A traceback holds every frame the error passed through, and each frame links back to its callers',
+        one of which holds the list this error is kept in: a reference cycle. Only Python's full collection,
+        which runs rarely in a worker with a large model, frees it, and until then it keeps every local of
+        the batch alive (request bodies, image tensors). The 30-minute soak grew ~2.5 MB/min from this. An
+        error kept as an answer needs its status, code and message, not its frames.
+        """
+        error: BaseException | None = self
+        seen: set[int] = set()
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            error.__traceback__ = None
+            error = error.__cause__ or error.__context__
+        return self
+
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The JSON error body: ``{"error": {"code": ..., "message": ..., "status": ...}}``."""
         return {"error": {"code": self.code, "message": self.message, "status": self.status}}

@@ -83,7 +83,7 @@ def _instance(index: int, instance: Any, shared: Mapping[str, Any], limits: Requ
         image = decode_element(encoded, limits, where)
         options = codec.parse_options({**shared, **own}, limits)
     except ServingError as error:
-        return error
+        return error.detached()
     return ParsedRequest(image_bytes=image, options=options)
 
 

@@ -184,5 +184,5 @@ def _element(index: int, element: Any, options: codec.RequestOptions, limits: Re
             raise InvalidJSON(f"{where} is {json_type(element)}; each element is one image file as a "
                               "base64 string.")
     except ServingError as error:
-        return error
+        return error.detached()
     return ParsedRequest(image_bytes=image, options=options)
