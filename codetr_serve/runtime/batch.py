@@ -1,4 +1,5 @@
-"""What travels through a batch between the core's stages: items, replies, statistics, canvas groups.
+"""What travels through a batch between the core's stages: items, replies, statistics, canvas groups, and
+the log line each refused input gets.
 
 `decode` turns each request into a RequestItem (or the ServingError the whole request gets); its images
 are PendingImages (or their own ServingErrors); `encode` turns each request into one Reply.
@@ -6,14 +7,17 @@ are PendingImages (or their own ServingErrors); `encode` turns each request into
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from codetr_serve.runtime import codec, protocol
 from codetr_serve.runtime.errors import ServingError
 from codetr_serve.runtime.pipeline import PreparedImage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,3 +86,24 @@ def canvas_groups(prepared: Sequence[PreparedImage], divisor: int) -> dict[tuple
         canvas = (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
         groups.setdefault(canvas, []).append(index)
     return groups
+
+
+def trace_replies(items: Sequence[Item], replies: Sequence[Reply], request_ids: Sequence[str]) -> None:
+    """Put each request's id into its reply and log every refused input with it, so a user's bug report
+    leads to a log line: one INFO line per rejected input (WARNING for a server fault), none per success
+    unless log_level is DEBUG. Without one id per item (encode called without decode: tests, tools) each
+    request gets a fresh id."""
+    if len(request_ids) != len(items):
+        request_ids = [codec.request_id({}) for _ in items]
+    for item, reply, rid in zip(items, replies, request_ids, strict=True):
+        reply.body["request_id"] = rid
+        images = item.images if isinstance(item, RequestItem) else []
+        refused = [reply.body.get("error")] if reply.status >= 400 else [
+            image.to_dict()["error"] for image in images if isinstance(image, ServingError)]
+        for error in refused:
+            error = error if isinstance(error, Mapping) else {"message": error, "code": reply.reason}
+            status = error.get("status", reply.status)
+            log.log(logging.INFO if status < 500 else logging.WARNING, "refused request_id=%s status=%s "
+                    "code=%s: %s", rid, status, error.get("code", "-"), error.get("message", ""))
+        if not refused:
+            log.debug("served request_id=%s", rid)

@@ -32,6 +32,7 @@ from codetr_serve.runtime.batch import (
     Reply,
     RequestItem,
     canvas_groups,
+    trace_replies,
 )
 from codetr_serve.runtime.errors import InferenceFailed, ModelNotReady, ServingError
 from codetr_serve.runtime.model_loader import LoadedDetector, build_detector, load_config
@@ -92,6 +93,7 @@ class DetectorCore:
         """Load config and weights onto the device, apply precision settings, warm up."""
         s = self.settings
         logging.getLogger("codetr_serve").setLevel(s.log_level)  # the worker's root logger stays at INFO
+        decode.quiet_decoder_warnings()
         cfg = load_config(s.config_path)
         if s.keep_freed_memory and not keep_freed_memory():
             log.warning("keep_freed_memory: this C library has no glibc mallopt; using its defaults")
@@ -252,29 +254,9 @@ class DetectorCore:
         wires = self._wires if len(self._wires) == len(items) else [protocol.DEFAULT] * len(items)
         replies = [self._encode_request(item, output, wire)
                    for item, output, wire in zip(items, outputs, wires, strict=True)]
-        self._trace(items, replies)
+        trace_replies(items, replies, self._request_ids)
         self.last_stats.postprocess_ms = _elapsed_ms(start)
         return replies
-
-    def _trace(self, items: Sequence[Item], replies: Sequence[Reply]) -> None:
-        """Put each request's id into its reply and log every refused input with it, so a user's bug report
-        leads to a log line: one INFO line per rejected input (WARNING for a server fault), none per
-        success unless log_level is DEBUG."""
-        ids = self._request_ids
-        if len(ids) != len(items):  # encode without its decode (tests, tools): ids of our own
-            ids = [codec.request_id({}) for _ in items]
-        for item, reply, rid in zip(items, replies, ids, strict=True):
-            reply.body["request_id"] = rid
-            images = item.images if isinstance(item, RequestItem) else []
-            refused = [reply.body.get("error")] if reply.status >= 400 else [
-                image.to_dict()["error"] for image in images if isinstance(image, ServingError)]
-            for error in refused:
-                error = error if isinstance(error, Mapping) else {"message": error, "code": reply.reason}
-                status = error.get("status", reply.status)
-                log.log(logging.INFO if status < 500 else logging.WARNING, "refused request_id=%s status=%s "
-                        "code=%s: %s", rid, status, error.get("code", "-"), error.get("message", ""))
-            if not refused:
-                log.debug("served request_id=%s", rid)
 
     def _encode_request(self, item: Item, outputs: Any, wire: protocol.WireProtocol) -> Reply:
         """One request's reply: each image through `_encode_guarded`, wrapped by the request's protocol.

@@ -234,6 +234,18 @@ def decode_image(data: bytes, limits: DecodeLimits) -> np.ndarray:
     return image
 
 
+OPENCV_LOG_ERROR = 2  # cv2.utils.logging.LOG_LEVEL_ERROR
+
+
+def quiet_decoder_warnings() -> None:
+    """Keep OpenCV's per-image warnings (e.g. a TIFF layout it cannot read) out of the worker's log.
+
+    Each refused image already gets one INFO line of ours with its request id; under hostile traffic
+    OpenCV's WARN lines, one per bad file, would flood the log with no id to trace them to.
+    """
+    cv2.setLogLevel(OPENCV_LOG_ERROR)
+
+
 def _decode_pixels(data: bytes, header: ImageHeader) -> np.ndarray:
     try:
         # Same call as mmcv.imfrombytes(flag='color', backend='cv2'): this is the parity guarantee.

@@ -3,6 +3,7 @@ repr or a decoder's text; and the layouts only the fuzz corpus generator can wri
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 from typing import Any
@@ -126,3 +127,21 @@ def test_extreme_aspect_ratios_are_refused_before_resizing_breaks(height: int, w
         decode_image(data, LIMITS)
     assert decode_image(encode(Image.fromarray(np.zeros((10, 1000, 3), np.uint8)), "PNG"), LIMITS).shape \
         == (10, 1000, 3)
+
+
+def test_the_worker_quiets_opencvs_per_image_warnings(capfd) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(RGB[..., 0].astype(np.float32) / 255).save(buffer, "TIFF")  # Pillow's mode "F"
+    data = buffer.getvalue()
+    before = cv2.getLogLevel()
+    try:
+        cv2.setLogLevel(3)  # OpenCV's default (WARNING): it writes one line to stderr for this file
+        with pytest.raises(UnsupportedImageFormat):
+            decode_image(data, LIMITS)
+        assert "TIFF" in capfd.readouterr().err
+        decode_module.quiet_decoder_warnings()
+        with pytest.raises(UnsupportedImageFormat):
+            decode_image(data, LIMITS)
+        assert capfd.readouterr().err == ""
+    finally:
+        cv2.setLogLevel(before)
