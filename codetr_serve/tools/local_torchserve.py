@@ -108,11 +108,20 @@ class LocalTorchServe:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             if self.process.poll() is not None:
-                raise RuntimeError(f"torchserve exited early:\n{self.log_text('*')[-3000:]}")
+                raise RuntimeError(f"torchserve exited early (exit status {self.process.returncode}); "
+                                   f"{self.log_tails()}")
             if self._all_ready():
                 return time.perf_counter() - self.started_at
             time.sleep(0.5)
-        raise TimeoutError(f"torchserve not ready after {deadline_s}s:\n{self.log_text('*')[-3000:]}")
+        raise TimeoutError(f"torchserve not ready after {deadline_s}s; {self.log_tails()}")
+
+    def log_tails(self, lines: int = 25) -> str:
+        """The last lines of the frontend's log and of the workers' log, each under its name.
+
+        Why a server stopped is in ts_log.log; one tail of all logs together showed only worker lines."""
+        tails = [f"{name} (last {lines} lines):\n" + "\n".join(self.log_text(name).splitlines()[-lines:])
+                 for name in ("ts_log.log", "model_log.log")]
+        return f"logs under {self.root / 'logs'}\n" + "\n".join(tails)
 
     def _all_ready(self) -> bool:
         headers = {"Authorization": f"Bearer {self.key('management')}"}
