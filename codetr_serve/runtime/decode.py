@@ -234,7 +234,7 @@ def decode_image(data: bytes, limits: DecodeLimits) -> np.ndarray:
     return image
 
 
-OPENCV_LOG_ERROR = 2  # cv2.utils.logging.LOG_LEVEL_ERROR
+OPENCV_LOG_ERROR = 2  # OpenCV's LOG_LEVEL_ERROR; the pip wheels do not expose cv2.utils.logging to name it
 
 
 def quiet_decoder_warnings() -> None:

@@ -131,7 +131,7 @@ def wait_for_new_worker(server: LocalTorchServe, old_pid: int, deadline_s: float
         if pids and old_pid not in pids and server._all_ready():
             return pids.pop()
         time.sleep(0.2)
-    raise TimeoutError(f"no replacement worker after {deadline_s}s:\n{server.log_text('*')[-3000:]}")
+    raise TimeoutError(f"no replacement worker after {deadline_s}s; {server.log_tails()}")
 
 
 def cpu_ticks(pid: int) -> int:
