@@ -12,8 +12,15 @@ an ``H x W x 3`` ``uint8`` array in BGR order. Consequences of using that very d
 Before decoding, the header is read lazily with Pillow (format and size only, no pixel buffer), so size
 limits -- including the decompression-bomb guard -- are enforced before any large allocation.
 
-One deliberate difference from mmdet: a JPEG without its end-of-image marker (a truncated upload) is
-refused, whereas libjpeg would silently pad it with grey and the model would run on a half-grey image.
+One deliberate difference from mmdet: a JPEG whose first image does not reach its end-of-image marker (a
+truncated upload) is refused, whereas libjpeg would pad it with grey or leave rows unwritten.
+
+No foreign pixels, by construction: a decoder that stops early leaves rows it never wrote, and those rows
+must never show memory an earlier request left behind. Pixels are decoded while glibc fills every block it
+hands out (:class:`~codetr_serve.runtime.allocator.FreshMemoryFill`), so unwritten rows read as zeros for
+every format, known bug or not. Where the fill cannot reach (outputs small enough for glibc's per-thread
+cache, or a C library without it) the image must first decode completely with Pillow, which refuses
+truncated data, before OpenCV decodes it.
 
 Errors are ours: Pillow's and OpenCV's exception texts (which can hold object reprs such as
 ``<_io.BytesIO object at 0x...>``) go to the worker log at debug level, never into a client message. Every
@@ -30,6 +37,7 @@ import cv2
 import numpy as np
 from PIL import Image, TiffImagePlugin
 
+from codetr_serve.runtime.allocator import FRESH_MEMORY_FILL
 from codetr_serve.runtime.errors import (
     EmptyInput,
     ImageTooLarge,
@@ -39,6 +47,7 @@ from codetr_serve.runtime.errors import (
     UndecodableImage,
     UnsupportedImageFormat,
 )
+from codetr_serve.runtime.image_structure import require_complete_jpeg, require_few_png_chunks
 from codetr_serve.runtime.settings import default
 
 __all__ = ["DecodeLimits", "ImageHeader", "SUPPORTED_FORMATS", "decode_image", "read_header"]
@@ -63,7 +72,9 @@ _OTHER_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"%PDF", "PDF"),
     (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
 )
-_JPEG_END_OF_IMAGE = b"\xff\xd9"
+#: Decoded arrays up to this size may come from glibc's per-thread cache (tcache: blocks of at most 1032
+#: bytes) or numpy's small-block cache (under 1024 bytes), which the fresh-memory fill does not reach.
+SMALL_OUTPUT_BYTES = 4096
 #: Keep-ratio resizing scales the long side to the test scale's (>= 200 px in every shipped config): beyond
 #: this ratio the short side ends under ~2 px, and under 0.5 px the resize itself fails (a 16000x8 image at
 #: the tiny config's 320x192 did: a 500 for a client's input).
@@ -173,11 +184,11 @@ def read_header(data: bytes) -> ImageHeader:
 
     Raises UnsupportedImageFormat, UndecodableImage or ImageTooLarge (Pillow's own bomb check).
     """
+    require_few_png_chunks(data)
     try:
         with Image.open(io.BytesIO(data)) as image:
             fmt = image.format or "unknown"
             width, height = image.size
-            scan_start = image.fp.tell() if image.fp is not None else 0
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(None, None, f"its header declares more than {2 * Image.MAX_IMAGE_PIXELS} pixels, "
                                         "which the server refuses without decoding") from exc
@@ -187,18 +198,8 @@ def read_header(data: bytes) -> ImageHeader:
     if fmt not in SUPPORTED_FORMATS:
         raise UnsupportedImageFormat(fmt, _SUPPORTED_FOR_HUMANS)
     if fmt in ("JPEG", "MPO"):
-        _require_jpeg_end(data, scan_start)
+        require_complete_jpeg(data)
     return ImageHeader(format=fmt, width=width, height=height)
-
-
-def _require_jpeg_end(data: bytes, scan_start: int) -> None:
-    """Refuse a JPEG whose entropy-coded data never reaches the end-of-image marker (truncated upload).
-
-    The search starts where Pillow stopped parsing (the start of scan), so an EOI inside an EXIF thumbnail
-    does not count. 0xFF bytes in scan data are always followed by 0x00 or RSTn, never by 0xD9.
-    """
-    if data.find(_JPEG_END_OF_IMAGE, scan_start) == -1:
-        raise UndecodableImage("The JPEG is truncated (no end-of-image marker); send the complete file.")
 
 
 def check_dimensions(width: int, height: int, limits: DecodeLimits) -> None:
@@ -247,12 +248,15 @@ def quiet_decoder_warnings() -> None:
 
 
 def _decode_pixels(data: bytes, header: ImageHeader) -> np.ndarray:
-    try:
-        # Same call as mmcv.imfrombytes(flag='color', backend='cv2'): this is the parity guarantee.
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    except Exception as exc:  # noqa: BLE001 - cv2.error and friends on hostile bytes; logged, not echoed
-        log.debug("cv2.imdecode raised on a %s image: %r", header.format, exc)
-        image = None
+    with FRESH_MEMORY_FILL.active() as filled:
+        if not filled or 3 * header.width * header.height <= SMALL_OUTPUT_BYTES:
+            _require_complete_by_pillow(data, header)
+        try:
+            # Same call as mmcv.imfrombytes(flag='color', backend='cv2'): this is the parity guarantee.
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        except Exception as exc:  # noqa: BLE001 - cv2.error and friends on hostile bytes; logged, not echoed
+            log.debug("cv2.imdecode raised on a %s image: %r", header.format, exc)
+            image = None
     if image is not None and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
         return image
     if header.format == "TIFF" and (layout := _tiff_layout_problem(data)):
@@ -260,3 +264,17 @@ def _decode_pixels(data: bytes, header: ImageHeader) -> np.ndarray:
     raise UndecodableImage(
         f"The {header.format} image could not be decoded (truncated or corrupt); {_SEND_INSTEAD}."
     )
+
+
+def _require_complete_by_pillow(data: bytes, header: ImageHeader) -> None:
+    """Decode with Pillow, which raises where data ends early: a completeness check apart from OpenCV."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as exc:  # noqa: BLE001 - hostile bytes; the reason goes to the log only
+        log.debug("Pillow could not decode a %s image completely: %r", header.format, exc)
+        if header.format == "TIFF" and (layout := _tiff_layout_problem(data)):
+            raise _unsupported_tiff(layout) from exc
+        raise UndecodableImage(
+            f"The {header.format} image is truncated or corrupt (its pixel data ends early); {_SEND_INSTEAD}."
+        ) from exc
