@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from codetr_serve.runtime.allocator import keep_freed_memory
+from codetr_serve.runtime.allocator import FreshMemoryFill, keep_freed_memory
 from codetr_serve.runtime.decode import DecodeLimits, decode_image
 from codetr_serve.runtime.errors import ServingError
 
@@ -122,4 +122,18 @@ def test_every_truncated_jpeg_is_refused(name: str) -> None:
         truncated = data[: int(first_image_end * cut)]
         with pytest.raises(ServingError, match="truncated"):
             decode_image(truncated, LIMITS)
+    assert decode_image(data, LIMITS).shape == (480, 640, 3)
+
+
+def test_without_the_fill_a_truncated_image_must_decode_completely_with_pillow(monkeypatch) -> None:
+    """A C library without glibc's fill: OpenCV would decode this cut-off JPEG (the walk bypassed too)."""
+    import codetr_serve.runtime.decode as decode
+
+    unavailable = FreshMemoryFill()
+    unavailable._mallopt = None
+    monkeypatch.setattr(decode, "FRESH_MEMORY_FILL", unavailable)
+    monkeypatch.setattr(decode, "require_complete_jpeg", lambda data: None)
+    data = _files(480, 640)["jpeg-baseline"]
+    with pytest.raises(ServingError, match="truncated or corrupt"):
+        decode_image(data[: len(data) // 2], LIMITS)
     assert decode_image(data, LIMITS).shape == (480, 640, 3)
