@@ -39,6 +39,8 @@ ALLOWED_IMPORTS = tuple(f"codetr_serve.{part}" for part in ("models", "ops", "ru
 #: torch.save writes its zip members uncompressed, so a checkpoint that inflates to much more than its own
 #: size was not written by torch: a zip bomb, refused before anything reads it.
 _MAX_INFLATION, _INFLATION_SLACK = 4, 16 << 20
+#: .mar members under this folder (the safetensors weights) are stored uncompressed (see zip_model_folder).
+STORED_FOLDER = "weights"
 
 
 class ArchiveInputError(ValueError):
@@ -155,14 +157,40 @@ def stage(args: argparse.Namespace, staging: Path) -> Path:
     return root
 
 
-def run_archiver(args: argparse.Namespace, version: str, extra: Path) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)  # torch-model-archiver 0.12 needs it to exist
+def run_archiver(args: argparse.Namespace, version: str, extra: Path, export: Path) -> Path:
+    """torch-model-archiver's folder layout (MAR-INF/MANIFEST.json + files) under `export`; returns it."""
+    export.mkdir(parents=True, exist_ok=True)  # torch-model-archiver 0.12 needs it to exist
     command = [str(Path(sys.executable).with_name("torch-model-archiver")),
                "--model-name", args.name, "--version", version, "--handler", str(HANDLER),
                "--extra-files", str(extra), "--config-file", str(args.model_config),
-               "--export-path", str(args.out), "--archive-format",
-               "no-archive" if args.format == "no-archive" else "default", "--force"]
+               "--export-path", str(export), "--archive-format", "no-archive", "--force"]
     subprocess.run(command, check=True)
+    return export / args.name
+
+
+def zip_model_folder(folder: Path, target: Path) -> None:
+    """Write the .mar from the archiver's folder; the weights are stored, everything else deflated.
+
+    TorchServe unzips a .mar on every start: inflating ~900 MB of barely compressible weights took longer than
+    loading them (docs/tuning.md, cold start); a stored member is a plain copy. Small files stay deflated.
+    """
+    partial = target.with_name(f".{target.name}.partial")
+    with zipfile.ZipFile(partial, "w") as archive:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            name = path.relative_to(folder).as_posix()
+            stored = name.startswith(f"{STORED_FOLDER}/")
+            archive.write(path, name, compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
+    partial.replace(target)
+
+
+def publish(folder: Path, target: Path, fmt: str) -> None:
+    """Move the built folder (no-archive) or a .mar zipped from it (zip) to `target`, replacing it."""
+    if fmt != "no-archive":
+        zip_model_folder(folder, target)
+        return
+    if target.exists():
+        shutil.rmtree(target)
+    folder.replace(target)
 
 
 def build(args: argparse.Namespace) -> int:
@@ -177,7 +205,8 @@ def build(args: argparse.Namespace) -> int:
     staging = args.out / f".staging-{args.name}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        run_archiver(args, version, stage(args, staging))
+        folder = run_archiver(args, version, stage(args, staging), staging / "export")
+        publish(folder, target, args.format)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     stamp.write_text(f"{digest} {version}\n")

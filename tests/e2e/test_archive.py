@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
+
 import pytest
 import torch
 
@@ -74,3 +77,28 @@ def test_missing_config_is_a_clear_error(tmp_path):
     result = run_archive("--config", str(tmp_path / "nope.py"), "--out", str(tmp_path))
     assert result.returncode != 0
     assert "nope.py" in result.stderr
+
+
+def test_zip_archive_stores_the_weights_uncompressed(tmp_path):
+    """TorchServe unzips a .mar on every start: inflating the weights was most of a zip cold start."""
+    result = run_archive("--config", str(TINY_CONFIG), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "co_detr.mar") as archive:
+        members = {info.filename: info.compress_type for info in archive.infolist()}
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+    assert members["weights/model.safetensors"] == zipfile.ZIP_STORED
+    assert members["co_detr_handler.py"] == zipfile.ZIP_DEFLATED
+    assert manifest["model"]["modelName"] == "co_detr"
+    assert manifest["model"]["handler"] == "co_detr_handler.py"
+
+
+def test_no_archive_rebuild_replaces_the_folder(tmp_path, checkpoints):
+    paths, _ = checkpoints
+    args = ["--config", str(TINY_CONFIG), "--out", str(tmp_path), "--format", "no-archive"]
+    for seed in (1, 2):
+        result = run_archive(*args, "--checkpoint", str(paths[seed]))
+        assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "co_detr" / "MAR-INF" / "MANIFEST.json").read_text())
+    assert manifest["model"]["modelVersion"] == version_of(result.stdout)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".co_detr.no-archive.inputs-sha256", "co_detr"]
