@@ -134,9 +134,9 @@ def headers_section() -> str:
 
 
 def error_classes(module: Any, base: type) -> list[type]:
-    """The error classes a module defines, by status (when it has one) then code."""
-    found = [obj for obj in vars(module).values()
-             if isinstance(obj, type) and issubclass(obj, base) and obj.__module__ == module.__name__]
+    """The error classes a module defines below ``base`` (nothing raises the base), by status then code."""
+    found = [obj for obj in vars(module).values() if isinstance(obj, type) and issubclass(obj, base)
+             and obj is not base and obj.__module__ == module.__name__]
     return sorted(found, key=lambda cls: (getattr(cls, "status", 0), cls.code))
 
 
