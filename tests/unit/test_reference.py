@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from codetr_serve.runtime import metrics, protocol
+from codetr_serve.runtime import metrics, protocol, settings
 from codetr_serve.runtime.codec import RequestLimits
 from codetr_serve.runtime.settings import ALLOWED, ServingSettings, SettingsError, build_settings, default
-from codetr_serve.tools import reference
+from codetr_serve.tools import reference, reference_metrics
 
 IMAGE_B64 = base64.b64encode(b"\xff\xd8 not decoded while parsing").decode()
 
@@ -144,3 +144,20 @@ def test_a_numeric_setting_without_allowed_range_takes_any_number():
 def test_every_metric_family_says_what_it_measures():
     families = {histogram.name for histogram in metrics.HISTOGRAMS} | set(metrics.SCALARS)
     assert set(metrics.MEANING) == families
+
+
+# ---- the generator says what to do when the code outgrows the page ----------------------------------------
+
+def test_a_setting_without_a_comment_is_refused_by_name(tmp_path, monkeypatch):
+    defaults = tmp_path / "defaults.yaml"
+    text = settings.DEFAULTS_FILE.read_text(encoding="utf-8")
+    defaults.write_text(text + "new_knob: 3\n", encoding="utf-8")
+    monkeypatch.setattr(settings, "DEFAULTS_FILE", defaults)
+    with pytest.raises(SystemExit, match="new_knob"):
+        reference.settings_section()
+
+
+def test_an_undescribed_torchserve_metric_is_refused_by_name(monkeypatch):
+    monkeypatch.delitem(reference_metrics.TORCHSERVE_MEANING, "QueueTime")
+    with pytest.raises(SystemExit, match="QueueTime"):
+        reference.render()
