@@ -34,6 +34,10 @@ lint: $(ENV_STAMP)
 clean:
 	rm -rf model_store/* .pytest_cache build
 
+.PHONY: reference
+reference: $(ENV_STAMP)  ## regenerate docs/reference.md from the code (routes, options, errors, settings, metrics)
+	$(PY) -m codetr_serve.tools.reference
+
 # ---- serving ---------------------------------------------------------------------------------------------
 # `make serve` with no arguments serves a tiny random-weight demo model; CONFIG=/CHECKPOINT= serve a real one.
 CONFIG      ?=

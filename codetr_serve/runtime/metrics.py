@@ -83,6 +83,23 @@ SCALARS: dict[str, tuple[str, MetricKind, tuple[str, ...]]] = {
 }
 
 
+#: What each metric family measures (docs/reference.md lists them; tests/unit/test_reference.py wants one
+#: for every family above).
+MEANING: dict[str, str] = {
+    "CoDetrPreprocessSeconds": "one batch's parsing, decoding and resizing",
+    "CoDetrForwardSeconds": "one batch's forward(s) on the model's device",
+    "CoDetrPostprocessSeconds": "one batch's detections -> JSON",
+    "CoDetrBatchSize": "images in one batch's forward",
+    "CoDetrBatches": "batches with at least one image (= CoDetrBatchSize_count)",
+    "CoDetrImages": "images through the model (= CoDetrBatchSize_sum)",
+    "CoDetrDetections": "detections returned; divide by CoDetrImages for the mean per image",
+    "CoDetrRejectedInputs": "inputs refused before the forward (bad input, model not ready), by the error "
+                            "code of the reply",
+    "CoDetrConfiguredBatchSize": "batchSize from model-config.yaml, to compare the mean batch with",
+    "CoDetrWorkerMemoryBytes": "each worker's resident memory after its last batch",
+}
+
+
 def declared() -> dict[str, tuple[str, MetricKind, tuple[str, ...]]]:
     """Every metric this module can emit: name -> (unit, kind, extra dimension names)."""
     names = dict(SCALARS)

@@ -71,6 +71,38 @@ _TUNABLES = {f.name for f in dataclasses.fields(ServingSettings)} - {
     "model_name", "model_version", "model_dir", "device"}
 
 
+@dataclass(frozen=True)
+class Allowed:
+    """What one tunable accepts beyond its type: an inclusive range, where a bound may name another setting,
+    or a set of choices, and a note for what neither says. ``_validate`` enforces it; docs/reference.md
+    lists it; tests/unit/test_reference.py holds the two together (edge values pass, one step out fails)."""
+
+    low: float | str | None = None
+    high: float | str | None = None
+    choices: tuple[str, ...] = ()
+    note: str = ""
+
+
+#: Every numeric tunable with a bound, every tunable with choices; the rest accept any value of their type.
+ALLOWED: dict[str, Allowed] = {
+    "score_threshold": Allowed(0.0, 1.0),
+    "max_detections": Allowed(1, "max_detections_limit"),
+    "max_detections_limit": Allowed("max_detections"),
+    "test_scale": Allowed(note="[long edge, short edge], positive integers, or null"),
+    "max_image_bytes": Allowed(1),
+    "max_images_per_request": Allowed(1),
+    "max_image_pixels": Allowed(1),
+    "max_image_side": Allowed("min_image_side"),
+    "min_image_side": Allowed(1, "max_image_side"),
+    "fp16": Allowed(note="true needs a CUDA device; a CPU worker always runs with false"),
+    "torch_threads": Allowed(0),
+    "cpu_msda": Allowed(choices=("auto", "fallback")),
+    "decode_threads": Allowed(0),
+    "warmup_runs": Allowed(0),
+    "log_level": Allowed(choices=LOG_LEVELS),
+}
+
+
 def load_defaults() -> dict[str, Any]:
     with DEFAULTS_FILE.open(encoding="utf-8") as stream:
         return yaml.safe_load(stream)

@@ -65,6 +65,15 @@ class WireProtocol(ABC):
     a problem with one image becomes that item's ServingError, so its request-mates still run."""
 
     name: ClassVar[str]
+    #: The TorchServe route meant for this format. Any of them reaches the handler with the same request
+    #: dict, so the body's shape, not the route, picks the protocol.
+    route: ClassVar[str]
+    #: A minimal body of this format (``claims`` accepts it; docs/reference.md shows it).
+    example: ClassVar[str]
+    #: Where a request may set the per-request options, lowest precedence first: later sources win. Keys:
+    #: "header", "form_field", "json_field", "instance_field", "request_parameters", "input_parameters"
+    #: (tests/unit/test_reference.py sends an option through each and checks the order).
+    option_sources: ClassVar[tuple[str, ...]]
     #: Whether this format reads Triton's binary tensor tail (see binary_tensors.py); others refuse one.
     accepts_binary: ClassVar[bool] = False
 

@@ -41,6 +41,9 @@ IMAGE_KEYS = ("b64", "data", "image")
 
 class KServeV1(WireProtocol):
     name = "kserve-v1"
+    route = "/v1/models/<model>:predict"
+    example = _EXAMPLE
+    option_sources = ("header", "instance_field")
 
     def claims(self, payload: Any) -> bool:
         return isinstance(payload, Mapping) and "instances" in payload and "image" not in payload

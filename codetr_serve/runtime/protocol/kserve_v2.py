@@ -52,6 +52,9 @@ _EXAMPLE = ('{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", '
 
 class KServeV2(WireProtocol):
     name = "kserve-v2"
+    route = "/v2/models/<model>/infer"
+    example = _EXAMPLE
+    option_sources = ("header", "request_parameters", "input_parameters")
     accepts_binary = True
 
     def claims(self, payload: Any) -> bool:

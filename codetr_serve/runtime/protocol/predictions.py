@@ -34,6 +34,9 @@ class Predictions(WireProtocol):
     """The default format. Any problem fails the request (it has one image), with that error as its reply."""
 
     name = "predictions"
+    route = "/predictions/<model>"
+    example = '{"image": "<base64 of the image file>"}'
+    option_sources = ("header", "form_field", "json_field")
 
     def claims(self, payload: Any) -> bool:
         return True
