@@ -69,7 +69,7 @@ stop:  ## stop a TorchServe started with `make serve`
 
 # ---- benchmarks ------------------------------------------------------------------------------------------
 # Sweeps (batch x delay x workers x threads), in-process ceiling, mmdet-style baseline, Swin-L cold start.
-# Writes bench/results/<timestamp>/report.md (+ CSV, JSON, PNG); see docs/tuning.md. ~15 min on 2 CPU cores.
+# Writes bench/results/<timestamp>/report.md (+ CSV, JSON, PNG); run time and figures: docs/tuning.md.
 BENCH_ARGS ?=
 .PHONY: bench
 bench: $(ENV_STAMP)  ## benchmark TorchServe serving on loopback and write bench/results/<timestamp>/report.md

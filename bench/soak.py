@@ -80,7 +80,7 @@ def request_mix() -> list[tuple[str, str, bytes, str]]:
         ("float_tiff", "4xx", float_tiff.getvalue(), "image/tiff"),
         ("too_thin", "4xx", _encode(2000, 8, "PNG", 7), "image/png"),
     ]
-    return good + bad + good  # two good for every bad one
+    return good + bad + good  # 8 good for 6 bad: 4:3
 
 
 @dataclass
