@@ -85,7 +85,7 @@ bench-decode: $(ENV_STAMP)  ## a batch of 8 1920x1080 JPEGs decoded serially vs 
 FUZZ_SECONDS ?= 180
 FUZZ_ARGS    ?=
 .PHONY: fuzz
-fuzz:  ## fuzz the request path for FUZZ_SECONDS (default 3 min)
+fuzz: $(ENV_STAMP)  ## fuzz the request path for FUZZ_SECONDS (default 3 min)
 	@$(PY) -c "import atheris" 2>/dev/null || \
 	  $(PY) -m pip install -q -c requirements/constraints.txt -r requirements/fuzz.txt
 	mkdir -p .cache/fuzz/corpus .cache/fuzz/artifacts
