@@ -148,6 +148,7 @@ def test_v2_malformed_tensor_is_400_and_says_what_to_send(inputs: Any, match: st
 @pytest.mark.parametrize(("extra", "error", "match"), [
     ({"outputs": [{"name": "boxes"}]}, InvalidEnvelope, "one output, \"detections\""),
     ({"id": 42}, InvalidEnvelope, "\"id\" must be a string, got a number"),
+    ({"id": "x" * 1_000_000}, InvalidEnvelope, "\"id\" is 1000000 characters long; send at most 256"),
     ({"parameters": ["score_threshold"]}, InvalidEnvelope, "must be an object"),
     ({"parameters": {"max_detections": 0}}, InvalidOption, "between 1 and"),
 ])

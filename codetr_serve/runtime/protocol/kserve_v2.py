@@ -48,6 +48,8 @@ from codetr_serve.runtime.protocol.binary_tensors import split_bytes_elements
 from codetr_serve.runtime.wire_numbers import envelope_error, wire_int
 
 OUTPUT_NAME = "detections"
+#: The longest request "id" echoed back; an id is a name, and an unbounded one would make every reply as big.
+MAX_ID_CHARS = 256
 _EXAMPLE = ('{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", '
             '"data": ["<base64 of the image file>"]}]}')
 
@@ -66,6 +68,9 @@ class KServeV2(WireProtocol):
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidEnvelope(f'"id" must be a string, got {json_type(request_id)}; send e.g. '
                                   '"id": "frame-42", or leave it out.')
+        if request_id is not None and len(request_id) > MAX_ID_CHARS:  # the reply echoes it
+            raise InvalidEnvelope(f'"id" is {len(request_id)} characters long; send at most {MAX_ID_CHARS} '
+                                  '(the reply repeats it), e.g. "id": "frame-42".')
         tensor = _single_input(payload["inputs"])
         _check_outputs(payload.get("outputs"))
         elements = _elements(tensor, body.binary)
