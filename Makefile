@@ -83,18 +83,19 @@ bench-decode: $(ENV_STAMP)  ## a batch of 8 1920x1080 JPEGs decoded serially vs 
 	$(PY) -m bench.decode $(BENCH_ARGS)
 
 # ---- fuzzing ---------------------------------------------------------------------------------------------
-# Coverage-guided (atheris/libFuzzer) over codec -> decode -> limits -> preparation, no model. New inputs go
+# Coverage-guided (atheris/libFuzzer) over headers -> protocol/codec -> decode -> limits -> preparation, no
+# model, plus the foreign-pixel check (tests/fuzz/target.py; tokens in tests/fuzz/wire.dict). New inputs go
 # to .cache/fuzz/corpus (the seeds in tests/fuzz/corpus are read only), findings to .cache/fuzz/artifacts/:
 # fix them, then copy each into tests/fuzz/crashers/ so CI replays it (tests/unit/test_fuzz_corpus.py).
 FUZZ_SECONDS ?= 180
 FUZZ_ARGS    ?=
 .PHONY: fuzz
-fuzz:  ## fuzz the request path for FUZZ_SECONDS (default 3 min)
+fuzz: $(ENV_STAMP)  ## fuzz the request path for FUZZ_SECONDS (default 3 min)
 	@$(PY) -c "import atheris" 2>/dev/null || \
 	  $(PY) -m pip install -q -c requirements/constraints.txt -r requirements/fuzz.txt
 	mkdir -p .cache/fuzz/corpus .cache/fuzz/artifacts
 	$(PY) -m tests.fuzz.target -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 \
-	  -print_final_stats=1 -artifact_prefix=.cache/fuzz/artifacts/ $(FUZZ_ARGS) \
+	  -print_final_stats=1 -dict=tests/fuzz/wire.dict -artifact_prefix=.cache/fuzz/artifacts/ $(FUZZ_ARGS) \
 	  .cache/fuzz/corpus tests/fuzz/corpus
 
 

@@ -25,7 +25,9 @@ packing failures (unusable weights) are not HTTP errors: they have their own bas
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 __all__ = [
@@ -45,8 +47,35 @@ __all__ = [
     "ImageTooLarge",
     "ModelNotReady",
     "InferenceFailed",
+    "client_text",
     "error_catalog",
 ]
+
+#: The most characters of a client's own input that a message (and so a reply and a log line) repeats.
+MAX_ECHO_CHARS = 200
+
+
+def client_text(value: Any, limit: int = MAX_ECHO_CHARS) -> str:
+    """Client input as a message may show it: text (bytes decoded leniently) cut to ``limit`` characters,
+    a long integer by its size, arrays and objects by their size; never the whole of an unbounded value
+    (an 8 MB shape once made a 12 MB reply and a 12 MB log line)."""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value[: 4 * limit]).decode("utf-8", errors="replace")
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + "..."
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):  # str() of one over 4,300 digits raises; a long one says nothing anyway
+        if value.bit_length() <= 64:
+            return str(value)
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return f"an object with {len(value)} key{'' if len(value) == 1 else 's'}"
+    if isinstance(value, list | tuple):
+        return f"an array of {len(value)} item{'' if len(value) == 1 else 's'}"
+    return type(value).__name__
 
 
 class ServingError(Exception):
@@ -162,7 +191,9 @@ class InvalidOption(ServingError):
         self.value = value
         self.allowed = allowed
         if message is None:
-            message = f"Invalid value {value!r} for option '{option}': expected {allowed}."
+            shown = repr(value) if isinstance(value, str) and len(value) <= MAX_ECHO_CHARS \
+                else client_text(value)
+            message = f"Invalid value {shown} for option '{option}': expected {allowed}."
         super().__init__(message, option=option, value=value, allowed=allowed)
 
 

@@ -117,6 +117,24 @@ def _multipart(fields: list[tuple[str, str | None, bytes]], boundary: str = "fuz
     return b"".join(parts) + f"--{boundary}--\r\n".encode()
 
 
+def _headers(headers: dict[str, str], body: bytes) -> bytes:
+    """An input led by request headers, in the fuzz target's format (target.split_headers). Latin-1:
+    TorchServe reads each header byte as one character, so '²' reaches the handler when a client sends B2."""
+    lines = "".join(f"{name}: {value}\n" for name, value in headers.items())
+    return b"%headers\n" + lines.encode("latin-1") + b"\n" + body
+
+
+def truncated_mpo_with_end_marker_first(rgb: Image.Image) -> bytes:
+    """Issue 19's hole: an MPO whose comment holds FF D9 before the scan, cut mid-scan. A check that trusts
+    Pillow's file position (rewound for MPO) finds that marker and lets the rows never decoded through."""
+    mpo = encode(rgb, "MPO", save_all=True, append_images=[rgb.transpose(Image.Transpose.FLIP_TOP_BOTTOM)])
+    comment = b"\xff\xfe\x00\x06\xff\xd9\x00\x00"  # COM segment, length 6: the bytes FF D9 00 00
+    with_comment = mpo[:2] + comment + mpo[2:]  # before APP2: the MP offsets are relative, still valid
+    scan = with_comment.index(b"\xff\xda")
+    first_end = with_comment.index(b"\xff\xd9", scan)
+    return with_comment[: scan + (first_end - scan) // 3]
+
+
 def images() -> dict[str, Callable[[], bytes]]:
     rgb, gray = Image.fromarray(RGB), Image.fromarray(RGB[..., 0])
     rgb16 = RGB.astype(np.uint16) * 257
@@ -175,6 +193,52 @@ def bodies(jpeg: bytes, png: bytes) -> dict[str, Callable[[], bytes]]:
         "probe_png_bomb.png": lambda: png_header_claiming(50_000, 50_000),
         "probe_truncated.jpg": lambda: jpeg[: len(jpeg) // 2],
         "probe_gif.gif": lambda: encode(Image.fromarray(RGB), "GIF"),
+        "probe_mpo_truncated_after_comment.jpg": lambda: truncated_mpo_with_end_marker_first(
+            Image.fromarray(RGB)),
+    }
+
+
+def wire_bodies(jpeg: bytes, png: bytes) -> dict[str, Callable[[], bytes]]:
+    """The protocol layer's seeds: headers, KServe v2 binary tensors, and issue 19's client mistakes in
+    numbers (each once answered 500), written as a client would send them."""
+    b64, huge = base64.b64encode(jpeg).decode(), "9" * 5000
+    v2_json = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64]}]})
+    head = json.dumps({"inputs": [{"name": "image", "shape": [2], "datatype": "BYTES",
+                                   "parameters": {"binary_data_size": 8 + len(jpeg) + len(png)}}]}).encode()
+    tensor = b"".join(struct.pack("<I", len(image)) + image for image in (jpeg, png))
+    length = {"Inference-Header-Content-Length": str(len(head))}
+    huge_head = head.replace(str(8 + len(jpeg) + len(png)).encode(), b"9" * 400)
+
+    def text(value: str) -> Callable[[], bytes]:
+        return lambda: value.encode("utf-8")
+
+    return {
+        "wire_json_int_5000_digits.json": text(f'{{"image": "{b64}", "seed": {huge}}}'),
+        "wire_json_threshold_400_digits.json": text(f'{{"image": "{b64}", "score_threshold": {"9" * 400}}}'),
+        "wire_header_max_detections_5000_digits.txt": lambda: _headers({"X-Max-Detections": huge},
+                                                                       jpeg),
+        "wire_header_options.txt": lambda: _headers({"X-Score-Threshold": "0.25", "X-Max-Detections": "3"},
+                                                    jpeg),
+        "wire_multipart_threshold_arabic_digits.txt": lambda: _multipart([("data", "a.jpg", jpeg), (
+            "score_threshold", None, "٠.٥".encode())]),  # float() reads it as 0.5; we read ASCII only
+        "wire_v2_header_length_superscript.bin": lambda: _headers(
+            {"Inference-Header-Content-Length": "²"}, v2_json.encode()),
+        "wire_v2_header_length_5000_digits.bin": lambda: _headers(
+            {"Inference-Header-Content-Length": huge}, v2_json.encode()),
+        "wire_v2_binary.bin": lambda: _headers(length, head + tensor),
+        "wire_v2_binary_size_400_digits.bin": lambda: _headers(
+            {"Inference-Header-Content-Length": str(len(huge_head))}, huge_head + tensor),
+        # 240 dimensions of 10**18: their product's 4,320 digits broke the old error message itself
+        "wire_v2_shape_240_huge_dims.json": text(v2_json.replace(
+            '"shape": [1]', f'"shape": [{", ".join([str(10**18)] * 240)}]')),
+        "wire_v2_nested_shape.json": text(v2_json.replace('"shape": [1]', '"shape": [1, 2, 1]').replace(
+            f'"data": ["{b64}"]', f'"data": [[["{b64}"], ["{b64}"]]]')),
+        "wire_v1_one_bad_instance.json": text(json.dumps({"instances": [{"b64": b64}]})[:-2]
+                                              + f', {{"b64": "{b64}", "score_threshold": {"9" * 400}}}]}}'),
+        "wire_multipart_max_detections_5000_digits.txt": lambda: _multipart([("data", "a.jpg", jpeg),
+                                                                           ("max_detections", None,
+                                                                            huge.encode())]),
+        "wire_text_base64_blank_separated.txt": text(" ".join(b64)),
     }
 
 
@@ -183,8 +247,9 @@ def main() -> None:
     for stale in CORPUS.iterdir():
         stale.unlink()
     written = {name: make() for name, make in images().items()}
-    written.update({name: make() for name, make in bodies(written["jpeg_baseline.jpg"],
-                                                          written["png_rgb8.png"]).items()})
+    for more in (bodies, wire_bodies):
+        written.update({name: make() for name, make in more(written["jpeg_baseline.jpg"],
+                                                            written["png_rgb8.png"]).items()})
     for name, data in written.items():
         (CORPUS / name).write_bytes(data)
     total = sum(len(data) for data in written.values())

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
 
-from codetr_serve.runtime.codec import ParsedRequest, RequestLimits, RequestOptions
+from codetr_serve.runtime.codec import ParsedRequest, RequestLimits, RequestOptions, decode_base64_text
 from codetr_serve.runtime.errors import (
     EmptyInput,
     InvalidBase64,
@@ -216,6 +217,20 @@ def test_invalid_base64(text: str) -> None:
         parse({"body": {"image": text}})
 
 
+@pytest.mark.parametrize(("char", "named"), [("\u00e9", "'é'"), ("\u2028", r"'\u2028'")],
+                         ids=["e-acute", "line-separator"])
+def test_non_ascii_in_base64_is_named(char: str, named: str) -> None:
+    with pytest.raises(InvalidBase64) as caught:
+        parse({"body": {"image": B64[:8] + char + B64[8:]}})
+    assert f"character {named} is not in the base64 alphabet" in caught.value.message
+
+
+def test_data_url_with_leading_blanks_and_a_long_header() -> None:
+    assert parse({"body": {"image": " \n data:image/png;base64," + B64}}).image_bytes == IMAGE
+    with pytest.raises(InvalidBase64, match="base64 data URLs"):
+        parse({"body": {"image": "data:image/png;" + "x" * 300 + ";base64," + B64}})
+
+
 def test_data_url_must_be_base64() -> None:
     with pytest.raises(InvalidBase64, match="base64 data URLs"):
         parse({"body": {"image": "data:image/png,%89PNG"}})
@@ -252,6 +267,33 @@ def test_base64_over_limit_is_refused_before_decoding(monkeypatch: pytest.Monkey
     huge = "A" * 4_000_000
     with pytest.raises(PayloadTooLarge):
         parse({"body": {"image": huge}}, RequestLimits(max_bytes=1_000_000))
+
+
+def traced_peak(call: Any) -> tuple[Any, int]:
+    """What ``call()`` returned (or raised) and the most memory Python held for it at any moment."""
+    tracemalloc.start()
+    try:
+        result: Any = call()
+    except PayloadTooLarge as error:
+        result = error
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return result, peak
+
+
+@pytest.mark.parametrize("layout", ["mime lines", "a blank after every character"])
+def test_base64_with_blanks_is_sized_before_anything_is_copied(layout: str) -> None:
+    # Issue 19: the blanks were joined away before the size check, 47 MB to refuse an 8 MB string.
+    raw = bytes(range(256)) * 23_438  # 6 MB
+    encoded = base64.b64encode(raw).decode()
+    text = base64.encodebytes(raw).decode() if layout == "mime lines" else " ".join(encoded)
+    refused, peak = traced_peak(lambda: decode_base64_text(text, RequestLimits(max_bytes=1_000_000)))
+    assert isinstance(refused, PayloadTooLarge) and refused.status == 413
+    assert peak < 100_000  # nothing the size of the string was made to refuse it
+    decoded, peak = traced_peak(lambda: decode_base64_text(text, RequestLimits(max_bytes=20_000_000)))
+    assert decoded == raw
+    assert peak < 2.5 * len(text)  # the blank-free copy and the result; no list of pieces
 
 
 def test_base64_decoded_size_is_checked_exactly() -> None:

@@ -148,6 +148,7 @@ def test_v2_malformed_tensor_is_400_and_says_what_to_send(inputs: Any, match: st
 @pytest.mark.parametrize(("extra", "error", "match"), [
     ({"outputs": [{"name": "boxes"}]}, InvalidEnvelope, "one output, \"detections\""),
     ({"id": 42}, InvalidEnvelope, "\"id\" must be a string, got a number"),
+    ({"id": "x" * 1_000_000}, InvalidEnvelope, "\"id\" is 1000000 characters long; send at most 256"),
     ({"parameters": ["score_threshold"]}, InvalidEnvelope, "must be an object"),
     ({"parameters": {"max_detections": 0}}, InvalidOption, "between 1 and"),
 ])
@@ -184,10 +185,70 @@ def test_binary_tail_that_does_not_add_up_is_refused() -> None:
     refused(body, InvalidEnvelope, "binary_data_size is 10 but", headers=headers)
     body, headers = binary_body([IMAGE], cut=5)
     refused(body, InvalidEnvelope, "declares 520 bytes but only 515 follow", headers=headers)
-    refused(body, InvalidEnvelope, "not a byte count", headers={"Inference-Header-Content-Length": "x"})
+    refused(body, InvalidEnvelope, "Length is 'x'; send the JSON header's length in bytes",
+            headers={"Inference-Header-Content-Length": "x"})
     v1 = json.dumps({"instances": [B64]}).encode()
     refused(bytearray(v1 + b"tail"), InvalidEnvelope, "only KServe v2 bodies",
             headers={"inference-header-content-length": str(len(v1))})
+
+
+@pytest.mark.parametrize("declared", ["²", "١٢", "１２", "12.0", "-1", "0x10", "9" * 5000, "", "1" * 33],
+                         ids=["superscript", "arabic", "fullwidth", "decimal", "negative", "hex",
+                              "5000-digits", "empty", "33-digits"])
+def test_header_length_must_be_ascii_digits_within_the_body(declared: str) -> None:
+    body, _ = binary_body([IMAGE])
+    error = refused(body, InvalidEnvelope, "Inference-Header-Content-Length is",
+                    headers={"Inference-Header-Content-Length": declared})
+    assert len(error.message) < 400 and "from 0 to" in error.message
+
+
+def test_header_length_with_blanks_around_its_digits_is_read() -> None:
+    body, headers = binary_body([IMAGE])
+    headers = {name: f" {value}\t" for name, value in headers.items()}
+    assert images(parse(body, headers)) == [IMAGE]
+
+
+@pytest.mark.parametrize(("shape", "match"), [
+    ([1] * 9, "has 9 dimensions; this model reads at most 8"),
+    ([2] * 20_000, "has 20000 dimensions"),
+    ([10**30], r"shape\[0\]\" is \(an integer of about 3"),
+    ([1, "1"], r"shape\[1\]\" is '1'; send a non-negative integer"),
+    ([1, True], r"shape\[1\]\" is true"),
+    ([1, 1.0], r"shape\[1\]\" is 1.0"),
+    ([2**62] * 8, r"holds more than 1 elements"),
+    ([0, 2**62], r"holds 0 elements"),
+    ({"n": 1}, r"must be a list of non-negative integers, like \[2\] for two images; got an object"),
+])
+def test_v2_shape_is_read_by_the_bounded_parser(shape: Any, match: str) -> None:
+    error = refused({"inputs": [tensor([B64], shape=shape)]}, InvalidEnvelope, match)
+    assert len(error.message) < 400
+
+
+def test_v2_shapes_up_to_rank_8_still_work() -> None:
+    assert images(parse({"inputs": [tensor([B64], shape=[1] * 8)]})) == [IMAGE]
+    assert images(parse({"inputs": [tensor([B64, B64_OTHER], shape=[1, 2, 1])]})) == [IMAGE, OTHER]
+
+
+@pytest.mark.parametrize("size", ["10", 10.0, True, -1, 10**400], ids=["text", "float", "bool", "negative",
+                                                                      "400-digits"])
+def test_binary_data_size_must_be_a_json_integer(size: Any) -> None:
+    body, headers = binary_body([IMAGE])
+    head_length = int(headers["Inference-Header-Content-Length"])
+    head = json.loads(bytes(body[:head_length]))
+    head["inputs"][0]["parameters"]["binary_data_size"] = size
+    text = json.dumps(head).encode()
+    error = refused(bytearray(text + body[head_length:]), InvalidEnvelope, "binary_data_size is",
+                    headers={"Inference-Header-Content-Length": str(len(text))})
+    assert len(error.message) < 200
+
+
+def test_v1_an_instance_with_a_huge_number_fails_alone() -> None:
+    instances = [{"b64": B64, "score_threshold": int("9" * 400)}, {"b64": B64, "max_detections": "9" * 5000},
+                 {"b64": B64_OTHER, "max_detections": 10**4000}, {"b64": B64}]
+    for body in ({"instances": instances}, bytearray(json.dumps({"instances": instances}).encode())):
+        envelope = parse(body)
+        assert images(envelope) == ["invalid_option", "invalid_option", "invalid_option", IMAGE]
+        assert all(len(item.message) < 200 for item in envelope.items[:3])
 
 
 def test_requests_built_by_tritonclient_parse_in_both_encodings() -> None:

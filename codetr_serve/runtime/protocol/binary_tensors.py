@@ -16,6 +16,7 @@ from codetr_serve.runtime import codec
 from codetr_serve.runtime.codec import header
 from codetr_serve.runtime.errors import InvalidEnvelope
 from codetr_serve.runtime.protocol.base import Body
+from codetr_serve.runtime.wire_numbers import envelope_error, wire_int
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _FIX = ("send a JSON body without the header, or let the client build it "
@@ -32,14 +33,12 @@ def read_body(request: Mapping[str, Any], headers: Mapping[str, Any]) -> Body:
         return Body(codec.read_payload(request))
     if not isinstance(raw, bytes | bytearray):
         raise InvalidEnvelope(f"{HEADER_LENGTH} is set but the request has no body to split; {_FIX}.")
-    length = declared.strip()
-    if not length.isdigit() or int(length) > len(raw):
-        raise InvalidEnvelope(f"{HEADER_LENGTH} is {declared[:20]!r}, not a byte count within the "
-                              f"{len(raw)}-byte body; {_FIX}.")
-    payload = codec.loads_json(bytes(raw[: int(length)]))
+    length = wire_int(declared, HEADER_LENGTH, 0, len(raw), refuse=envelope_error,
+                      expected=f"the JSON header's length in bytes, from 0 to {len(raw)}; or {_FIX}")
+    payload = codec.loads_json(bytes(raw[:length]))
     if not isinstance(payload, Mapping):
         raise InvalidEnvelope(f"The JSON header before the binary data is not an object; {_FIX}.")
-    return Body(payload, bytes(raw[int(length):]))
+    return Body(payload, bytes(raw[length:]))
 
 
 def split_bytes_elements(blob: bytes) -> list[bytes]:

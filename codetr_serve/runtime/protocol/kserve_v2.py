@@ -30,6 +30,7 @@ from codetr_serve.runtime.errors import (
     InvalidJSON,
     PayloadTooLarge,
     ServingError,
+    client_text,
 )
 from codetr_serve.runtime.protocol.base import (
     Answer,
@@ -44,8 +45,11 @@ from codetr_serve.runtime.protocol.base import (
     overall,
 )
 from codetr_serve.runtime.protocol.binary_tensors import split_bytes_elements
+from codetr_serve.runtime.wire_numbers import envelope_error, wire_int
 
 OUTPUT_NAME = "detections"
+#: The longest request "id" echoed back; an id is a name, and an unbounded one would make every reply as big.
+MAX_ID_CHARS = 256
 _EXAMPLE = ('{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", '
             '"data": ["<base64 of the image file>"]}]}')
 
@@ -67,6 +71,9 @@ class KServeV2(WireProtocol):
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidEnvelope(f'"id" must be a string, got {json_type(request_id)}; send e.g. '
                                   '"id": "frame-42", or leave it out.')
+        if request_id is not None and len(request_id) > MAX_ID_CHARS:  # the reply echoes it
+            raise InvalidEnvelope(f'"id" is {len(request_id)} characters long; send at most {MAX_ID_CHARS} '
+                                  '(the reply repeats it), e.g. "id": "frame-42".')
         tensor = _single_input(payload["inputs"])
         _check_outputs(payload.get("outputs"))
         elements = _elements(tensor, body.binary)
@@ -105,9 +112,9 @@ def _single_input(inputs: Any) -> Mapping[str, Any]:
     if missing:
         raise InvalidEnvelope(f'"inputs[0]" lacks {", ".join(missing)}; send {_EXAMPLE}.')
     if tensor["datatype"] != "BYTES":
-        raise InvalidEnvelope(f'"inputs[0].datatype" is {str(tensor["datatype"])[:20]!r}; this model takes '
-                              'encoded image files: "datatype": "BYTES", one base64 string per image (not '
-                              'decoded pixels).')
+        shown = client_text(tensor["datatype"], 20)
+        raise InvalidEnvelope(f'"inputs[0].datatype" is {shown!r}; this model takes encoded image files: '
+                              '"datatype": "BYTES", one base64 string per image (not decoded pixels).')
     return tensor
 
 
@@ -118,9 +125,9 @@ def _check_outputs(outputs: Any) -> None:
         else [outputs]
     unknown = [name for name in names if name != OUTPUT_NAME]
     if unknown:
-        raise InvalidEnvelope(f'"outputs" asks for {str(unknown[0])[:40]!r}; this model has one output, '
-                              f'"{OUTPUT_NAME}": send "outputs": [{{"name": "{OUTPUT_NAME}"}}] or leave '
-                              'it out.')
+        raise InvalidEnvelope(f'"outputs" asks for {client_text(unknown[0], 40)!r}; this model has one '
+                              f'output, "{OUTPUT_NAME}": send "outputs": [{{"name": "{OUTPUT_NAME}"}}] or '
+                              'leave it out.')
 
 
 def _parameters(holder: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -134,14 +141,11 @@ def _parameters(holder: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def _elements(tensor: Mapping[str, Any], binary: bytes) -> list[Any]:
     """The tensor's elements in row-major order, checked against its shape."""
-    shape = tensor["shape"]
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
-        raise InvalidEnvelope('"inputs[0].shape" must be a list of non-negative integers, like [2] for two '
-                              'images.')
+    shape = _shape(tensor["shape"])
     params = tensor.get("parameters")
     size = params.get("binary_data_size") if isinstance(params, Mapping) else None
     if size is not None:
+        size = _json_int(size, "binary_data_size", 0, 2**63 - 1, "the byte count of the tensor's data")
         if size != len(binary):
             raise InvalidEnvelope(f"binary_data_size is {size} but {len(binary)} bytes follow the JSON "
                                   "header; send the tensor's bytes exactly once.")
@@ -155,13 +159,45 @@ def _elements(tensor: Mapping[str, Any], binary: bytes) -> list[Any]:
         elements = _flatten(tensor["data"])
     if not elements:
         raise InvalidEnvelope(f'"inputs[0]" holds no image; send at least one: {_EXAMPLE}.')
-    expected = 1
-    for dim in shape:
-        expected *= dim
-    if expected != len(elements):
-        raise InvalidEnvelope(f'"inputs[0].shape" {shape} holds {expected} elements but "data" has '
-                              f'{len(elements)}; send one element per image and "shape": [{len(elements)}].')
+    _check_shape_holds(shape, len(elements))
     return elements
+
+
+#: The deepest tensor we read: images come as shape [n]; nested lists are accepted up to this rank.
+MAX_RANK = 8
+_SHAPE_FIX = 'a list of non-negative integers, like [2] for two images'
+
+
+def _shape(shape: Any) -> list[int]:
+    """The declared shape, each dimension read by the bounded parser; at most MAX_RANK of them."""
+    if not isinstance(shape, list):
+        raise InvalidEnvelope(f'"inputs[0].shape" must be {_SHAPE_FIX}; got {client_text(shape)}.')
+    if len(shape) > MAX_RANK:
+        raise InvalidEnvelope(f'"inputs[0].shape" has {len(shape)} dimensions; this model reads at most '
+                              f"{MAX_RANK}: send {_SHAPE_FIX}.")
+    return [_json_int(dim, f'"inputs[0].shape[{index}]"', 0, 2**63 - 1,
+                      f"a non-negative integer: the shape is {_SHAPE_FIX}")
+            for index, dim in enumerate(shape)]
+
+
+def _json_int(value: Any, field: str, minimum: int, maximum: int, expected: str) -> int:
+    """A JSON integer field of the envelope; the protocol sends numbers, so text is refused."""
+    return wire_int(value, field, minimum, maximum, refuse=envelope_error, expected=expected, text=False)
+
+
+def _check_shape_holds(shape: list[int], count: int) -> None:
+    """InvalidEnvelope unless the shape's element count is ``count``; multiplying stops as soon as the
+    product passes ``count``, so a shape of huge dimensions costs nothing to refuse."""
+    product, multiplied = 1, 0
+    for dim in shape:
+        product, multiplied = product * dim, multiplied + 1
+        if product > count:
+            break
+    if product != count:
+        holds = str(product) if multiplied == len(shape) else f"more than {count}"
+        raise InvalidEnvelope(f'"inputs[0].shape" {client_text(str(shape), limit=60)} holds {holds} '
+                              f'elements but "data" has {count}; send one element per image and "shape": '
+                              f"[{count}].")
 
 
 def _flatten(data: list[Any]) -> list[Any]:
