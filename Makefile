@@ -132,5 +132,5 @@ k8s-check:  ## render + schema-validate + checkov-scan the k8s/ manifests (repor
 # grows more than 1 MB/min after warm-up, a request is lost, or the worker restarts (bench/soak.py).
 SOAK_MINUTES ?= 30
 .PHONY: soak
-soak:  ## soak a real TorchServe for SOAK_MINUTES (default 30); writes bench/results/soak-<timestamp>/
+soak: $(ENV_STAMP)  ## soak a real TorchServe for SOAK_MINUTES (default 30); writes bench/results/soak-<timestamp>/
 	SOAK_MINUTES=$(SOAK_MINUTES) $(PY) -m bench.soak

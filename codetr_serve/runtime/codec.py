@@ -3,11 +3,11 @@
 The wire formats themselves (TorchServe's /predictions, KServe v1 and v2) are one class each in
 :mod:`codetr_serve.runtime.protocol`, which picks one by the body's shape.
 
-Options (``score_threshold`` in [0, 1], ``max_detections`` in [1, limit]) may come as text (headers, query
-parameters and form fields arrive as bytes) or as JSON numbers, read by the one bounded number parser
-(:mod:`codetr_serve.runtime.wire_numbers`); ``None`` means "server default". Unknown keys
-are ignored on purpose: TorchServe passes every query parameter and form field through, and ignoring what we
-do not know lets clients add fields without breaking older servers.
+Options (``score_threshold`` in [0, 1], ``max_detections`` in [1, limit]) may come as text (headers and
+multipart form fields arrive as bytes) or as JSON numbers, read by the one bounded number parser
+(:mod:`codetr_serve.runtime.wire_numbers`); ``None`` means "server default". Unknown keys are ignored on
+purpose: TorchServe passes every form field through (and, in 0.12, no query string at all), and ignoring
+what we do not know lets clients add fields without breaking older servers.
 """
 
 from __future__ import annotations
