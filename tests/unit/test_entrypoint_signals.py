@@ -43,7 +43,7 @@ def test_sigterm_after_the_fork_stops_the_launcher(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     child = int((tmp_path / "child").read_text())
     state = subprocess.run(["ps", "-o", "stat=", "-p", str(child)], capture_output=True, text=True).stdout
-    assert not state.strip() or state.strip().startswith("Z"), f"the launcher {child} is still running ({state.strip()})"
+    assert not state.strip() or state.strip().startswith("Z"), f"launcher {child} still runs: {state}"
     assert "SIGTERM received: stopping TorchServe" in out.stderr
 
 
