@@ -314,3 +314,38 @@ def test_services_take_both_ip_families(rendered: dict, name: str) -> None:
     assert props["inference_address"].startswith("http://0.0.0.0:")
     assert props["metrics_address"].startswith("http://0.0.0.0:")
     assert "preferIPv4Stack" not in props.get("vmargs", "")
+
+
+# ---- gateway auth: with token auth off, the network decides who calls ------------------------------------
+
+GATEWAY_PEERS = [{"podSelector": {"matchLabels": {"codetr-serve/client": "true"}}},
+                 {"namespaceSelector": {"matchLabels": {"codetr-serve/gateway": "true"}}}]
+
+
+def selects(policy: dict, labels: dict[str, str]) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+    return wanted.items() <= labels.items()
+
+
+@pytest.mark.parametrize("name", DEPLOYABLE)
+def test_without_token_auth_only_the_labelled_gateway_reaches_8080(rendered: dict, name: str) -> None:
+    docs, auth_off = rendered[name], 0
+    for label, pod in workloads(docs):
+        env = {e["name"]: e.get("value") for e in server(pod).get("env", [])}
+        policies = [p for p in find(docs, "NetworkPolicy") if selects(p, pod_labels(docs, label))]
+        assert len(policies) == 1, label
+        spec = policies[0]["spec"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        egress_ports = {p["port"] for rule in spec.get("egress", []) for p in rule.get("ports", [])}
+        downloads = any(c["name"] == "fetch-model" for c in pod.get("initContainers", []))
+        assert egress_ports == ({53, 80, 443} if downloads else set()), f"{label}: egress {egress_ports}"
+        if env.get("CODETR_DISABLE_TOKEN_AUTH") != "1":
+            continue
+        auth_off += 1
+        for rule in spec["ingress"]:
+            ports = {p["port"] for p in rule["ports"]}
+            if 8080 in ports:
+                assert ports == {8080} and rule.get("from") == GATEWAY_PEERS, f"{label}: {rule}"
+            else:
+                assert ports == {8082}, f"{label}: {rule}"
+    assert auth_off == (1 if name in ("overlays/kserve", "examples/gpu-all") else 0)
