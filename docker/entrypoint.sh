@@ -79,21 +79,36 @@ jvm_pid() {   # the Java frontend: from TorchServe's pid file, else the launcher
 }
 on_signal() {
   stop_requested=1
+  # A signal can arrive before `launcher=$!` has run: $! is already the launcher once `torchserve &` has
+  # forked, and empty before that (then nothing is started at all, see below). Never an unset variable:
+  # under `set -u` that would end this script with 127 and leave TorchServe running.
+  launcher=${launcher:-${!:-}}
+  if [ -z "$launcher" ]; then
+    say "$1 received before TorchServe started: not starting it"
+    return 0
+  fi
   jvm=$(jvm_pid)
   say "$1 received: stopping TorchServe (java pid ${jvm:-unknown})"
   kill -TERM "${jvm:-$launcher}" 2>/dev/null
 }
+launcher=""
 trap 'on_signal SIGTERM' TERM
 trap 'on_signal SIGINT' INT
 
+[ "$stop_requested" = 1 ] && exit 0
 torchserve "${flags[@]}" "$@" --models "${models[@]}" &
 launcher=$!
+# A signal between the check above and the fork found no launcher to stop: stop it now.
+[ "$stop_requested" = 1 ] && kill -TERM "$launcher" 2>/dev/null
 # `wait` returns early when a trapped signal arrives: keep waiting until the launcher has really exited.
 while wait "$launcher"; status=$?; kill -0 "$launcher" 2>/dev/null; do :; done
 # The launcher can die before the JVM (e.g. a terminal's Ctrl-C reaches the whole process group): as PID 1
 # we inherit the JVM, so wait until it is gone (a zombie counts as gone).
 jvm=$(jvm_pid)
-while [ -n "$jvm" ] && [ -e "/proc/$jvm" ] && ! grep -q '^State:.*Z' "/proc/$jvm/status" 2>/dev/null; do sleep 0.2; done
+jvm_alive() { [ -n "$jvm" ] && [ -e "/proc/$jvm" ] && ! grep -q '^State:.*Z' "/proc/$jvm/status" 2>/dev/null; }
+# A stop that reached only the launcher (signalled before the JVM existed) must still end the JVM.
+[ "$stop_requested" = 1 ] && jvm_alive && kill -TERM "$jvm" 2>/dev/null
+while jvm_alive; do sleep 0.2; done
 if [ "$stop_requested" = 1 ]; then
   say "TorchServe stopped"
   exit 0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Check the Kubernetes manifests: render every kustomization under k8s/, validate each object against the
-# Kubernetes 1.32 schemas, scan everything with checkov (`make k8s-check` runs this).
+# Kubernetes 1.32 schemas (custom resources against the CRDs vendored in k8s/crds/), check KServe's runtime
+# pairing and the GPU affinity, scan everything with checkov (`make k8s-check` runs this; k8s/validate.py).
 #
 #   k8s/check.sh            install the tools if needed, then check (report in .cache/k8s-rendered/)
 #   k8s/check.sh install    only install the tools

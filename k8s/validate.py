@@ -7,9 +7,12 @@
    overlays, examples, the device plugin config) into OUT/rendered/ next to the plain manifests
    (namespace.yaml, examples/nfs-pv.yaml), the building blocks (base, storage, hooks) into OUT/parts/;
 2. validates every object against the Kubernetes KUBERNETES_VERSION schemas with kubernetes-validate, strict
-   (unknown fields are errors). Custom resources have no schema there: the kinds in CRDS are recorded as
-   "crd" (tests/unit/test_k8s_manifests.py checks their fields itself); any other unknown kind is an error;
-3. scans OUT/rendered/ with checkov (kubernetes framework): any failed check is an error, and every skip
+   (unknown fields are errors). Custom resources (InferenceService, ServingRuntime, ServiceMonitor) are
+   validated against the CRD schemas vendored in k8s/crds/ (crd_schema.py; fields the API server would
+   prune are errors), and each render's InferenceServices must pair with their ServingRuntime the way
+   KServe pairs them; any kind without a schema is an error;
+3. checks that the GPU node affinity patches still match docker/cuda_archs.txt (gpu_arch.py);
+4. scans OUT/rendered/ with checkov (kubernetes framework): any failed check is an error, and every skip
    must carry a reason in its checkov.io/skipN annotation.
 
 Writes OUT/report.json and exits 1 on any error.
@@ -24,16 +27,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import crd_schema
+import gpu_arch
 import kubernetes_validate
 import yaml
 
 K8S = Path(__file__).resolve().parent
 KUBERNETES_VERSION = "1.32.0"
-CRDS = {
-    ("monitoring.coreos.com/v1", "ServiceMonitor"),
-    ("serving.kserve.io/v1beta1", "InferenceService"),
-    ("serving.kserve.io/v1alpha1", "ServingRuntime"),
-}
 PLAIN_MANIFESTS = ["namespace.yaml", "examples/nfs-pv.yaml"]
 
 
@@ -57,15 +57,20 @@ def renderer() -> list[str]:
     raise SystemExit("validate.py: no kubectl or kustomize found (k8s/check.sh install brings kubectl)")
 
 
-def validate(doc: dict) -> str:
+def validate(doc: dict, crds: dict) -> tuple[str, str]:
+    """(status, schema source): "ok" or "error: ..." against Kubernetes' schema or the kind's vendored CRD."""
     try:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
-        return "ok"
+        return "ok", f"kubernetes {KUBERNETES_VERSION}"
     except kubernetes_validate.SchemaNotFoundError:
-        return "crd" if (doc.get("apiVersion"), doc.get("kind")) in CRDS else "error: no schema for this kind"
+        if (doc.get("apiVersion"), doc.get("kind")) not in crds:
+            return "error: no schema for this kind", ""
+        source, schema = crds[(doc["apiVersion"], doc["kind"])]
+        problems = crd_schema.check(doc, schema)
+        return ("error: " + "; ".join(problems) if problems else "ok"), f"k8s/crds/{source}"
     except kubernetes_validate.ValidationError as error:
         where = ".".join(str(part) for part in error.path)
-        return f"error: {where}: {error.message}"
+        return f"error: {where}: {error.message}", f"kubernetes {KUBERNETES_VERSION}"
 
 
 def checkov(folder: Path) -> dict:
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in (rendered, parts):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-    command = renderer()
+    command, crds = renderer(), crd_schema.load_schemas()
     report: dict = {"renderer": command, "kubernetes_version": KUBERNETES_VERSION,
                     "sources": {}, "problems": []}
 
@@ -110,17 +115,19 @@ def main(argv: list[str] | None = None) -> int:
             target.write_text(run.stdout)
         else:
             shutil.copyfile(plain, target)
-        objects = []
-        for doc in yaml.safe_load_all(target.read_text()):
-            if not doc:
-                continue
-            status = validate(doc)
+        objects, docs = [], [doc for doc in yaml.safe_load_all(target.read_text()) if doc]
+        for doc in docs:
+            status, source = validate(doc, crds)
             objects.append({"apiVersion": doc.get("apiVersion"), "kind": doc.get("kind"),
-                            "name": doc.get("metadata", {}).get("name"), "schema": status})
+                            "name": doc.get("metadata", {}).get("name"), "schema": status,
+                            "schema_source": source})
             if status.startswith("error"):
                 report["problems"].append(f"{name}: {doc.get('kind')}/{objects[-1]['name']}: {status}")
+        report["problems"] += [f"{name}: {problem}" for problem in crd_schema.kserve_pairing(docs)]
         report["sources"][name] = {"file": str(target), "deployable": deployable, "objects": objects}
 
+    if gpu_arch.main(["--check"]):
+        report["problems"].append("k8s/components/gpu-arch/ is stale: python3 k8s/gpu_arch.py --write")
     if not args.no_checkov:
         report["checkov"] = scan = checkov(rendered)
         report["problems"] += [f"checkov {c['id']} failed on {c['resource']} ({c['file']})"
@@ -130,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
 
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     counts = [len(s["objects"]) for s in report["sources"].values()]
-    crds = sum(o["schema"] == "crd" for s in report["sources"].values() for o in s["objects"])
-    print(f"rendered {len(report['sources'])} sources, {sum(counts)} objects "
-          f"({crds} custom resources without a schema) against Kubernetes {KUBERNETES_VERSION}")
+    custom = sum(o["schema_source"].startswith("k8s/crds/") for s in report["sources"].values()
+                 for o in s["objects"])
+    print(f"rendered {len(report['sources'])} sources, {sum(counts)} objects against Kubernetes "
+          f"{KUBERNETES_VERSION} ({custom} custom resources against the CRDs in k8s/crds/)")
     if "checkov" in report:
         summary = report["checkov"]["summary"]
         print(f"checkov: {summary.get('passed', 0)} passed, {summary.get('failed', 0)} failed, "

@@ -9,14 +9,20 @@ its sha256 with MODEL_SHA256 (mismatch: exit 1 and nothing is unpacked), unpack 
 refusing links, device files and paths that leave the store, check that a model came out, and only then
 move it into the store.
 A non-zero exit keeps the pod from starting; Kubernetes retries the initContainer with back-off.
+Time limits: FETCH_TIMEOUT_S (default 60) per network read, and FETCH_DEADLINE_S (default 3600) for the
+whole download with its retries: a server that drips bytes would otherwise hold the pod in Init forever,
+because each read succeeds. A connection cut mid-way (reset, or a chunked body that ends early) is retried
+FETCH_ATTEMPTS times (default 5), waiting FETCH_RETRY_DELAY_S (default 5) doubled each time, 60 s at most.
 Standard library only: it runs with the app image's python3 (no curl needed).
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
+import signal
 import sys
 import tarfile
 import time
@@ -30,7 +36,15 @@ def log(message: str) -> None:
     print(f"fetch-model: {message}", file=sys.stderr, flush=True)
 
 
-def download(url: str, target: Path, attempts: int, timeout: float) -> str:
+class DeadlinePassed(Exception):
+    """FETCH_DEADLINE_S ran out (not an OSError, so no retry catches it)."""
+
+
+def on_alarm(signum: int, frame: object) -> None:
+    raise DeadlinePassed
+
+
+def download(url: str, target: Path, attempts: int, timeout: float, retry_delay: float = 5.0) -> str:
     """Stream url into target; returns the sha256 of what was written."""
     for attempt in range(1, attempts + 1):
         digest, size = hashlib.sha256(), 0
@@ -42,11 +56,13 @@ def download(url: str, target: Path, attempts: int, timeout: float) -> str:
                     size += len(block)
             log(f"downloaded {size / 1e6:.1f} MB")
             return digest.hexdigest()
-        except OSError as error:  # URLError, HTTPError, timeouts and resets are all OSErrors
-            log(f"attempt {attempt}/{attempts} failed: {error}")
+        # URLError, HTTPError, timeouts and resets are OSErrors; a body cut short is an HTTPException
+        # (IncompleteRead: a chunked body that ends early, or fewer bytes than Content-Length).
+        except (OSError, http.client.HTTPException) as error:
+            log(f"attempt {attempt}/{attempts} failed: {error!r}")
             if attempt == attempts:
                 raise
-            time.sleep(min(60, 5 * 2 ** (attempt - 1)))
+            time.sleep(min(60.0, retry_delay * 2 ** (attempt - 1)))
     raise AssertionError("unreachable")
 
 
@@ -90,8 +106,23 @@ def main() -> int:
         log(f"{root} already holds {models_in(root)}; nothing to do")
         return 0
     log(f"fetching {url.split('?')[0]}")  # never log a query string: pre-signed URLs carry credentials there
-    actual = download(url, archive, attempts=int(os.environ.get("FETCH_ATTEMPTS", "5")),
-                      timeout=float(os.environ.get("FETCH_TIMEOUT_S", "60")))
+    deadline = int(os.environ.get("FETCH_DEADLINE_S", "3600"))
+    signal.signal(signal.SIGALRM, on_alarm)  # interrupts a read that is blocked, too
+    signal.alarm(deadline)
+    try:
+        actual = download(url, archive, attempts=int(os.environ.get("FETCH_ATTEMPTS", "5")),
+                          timeout=float(os.environ.get("FETCH_TIMEOUT_S", "60")),
+                          retry_delay=float(os.environ.get("FETCH_RETRY_DELAY_S", "5")))
+    except DeadlinePassed:
+        archive.unlink(missing_ok=True)
+        log(f"no complete download within FETCH_DEADLINE_S={deadline} s; giving up (the pod retries)")
+        return 1
+    except (OSError, http.client.HTTPException) as error:
+        archive.unlink(missing_ok=True)
+        log(f"download failed: {error!r}")
+        return 1
+    finally:
+        signal.alarm(0)
     if actual != expected:
         archive.unlink()
         log(f"sha256 mismatch: expected {expected}, got {actual}; refusing to serve it")
