@@ -97,6 +97,15 @@ install_mmcv_from_cache() {
   return 1
 }
 
+export_nvidia_includes() {
+  local dirs
+  dirs=$("$venv/bin/python" -c 'import nvidia, pathlib
+print(":".join(sorted({str(p) for r in nvidia.__path__ for p in pathlib.Path(r).glob("**/include") if p.is_dir()})))' 2>/dev/null || true)
+  [ -n "$dirs" ] || return 0
+  export CPATH="$dirs${CPATH:+:$CPATH}"
+  export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} -I${dirs//:/ -I}"
+}
+
 build_mmcv_from_source() {
   local cuda=0; [ "$mmcv_flavour" != cpu ] && cuda=1
   # The CUDA architectures: TORCH_CUDA_ARCH_LIST, else the one list the image and k8s/ read.
@@ -105,6 +114,9 @@ build_mmcv_from_source() {
   local what="CPU ops only: about 21 min on 2 cores"
   [ "$cuda" = 1 ] && what="CPU ops and CUDA kernels for $TORCH_CUDA_ARCH_LIST: docker/README.md has the times"
   log "building $(pin mmcv) with compiled ops from source ($what)"
+  # torch's CUDA headers include cuSPARSE/cuBLAS/... headers, which come with torch's nvidia-* wheels
+  # (site-packages/nvidia/*/include), not with nvcc: hand them to gcc (CPATH) and nvcc.
+  [ "$cuda" = 1 ] && export_nvidia_includes
   mkdir -p "$wheel_cache" 2>/dev/null || true
   # A read-only cache (e.g. a shared wheelhouse) is still searched, but new builds go to the project's own.
   [ -w "$wheel_cache" ] || { wheel_cache=$(cache_for_variant "$here/.cache/wheels"); mkdir -p "$wheel_cache"; }

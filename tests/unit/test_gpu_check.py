@@ -1,0 +1,65 @@
+"""bench/gpu_check.py's control flow on the CPU: every step stops at its budget and keeps what it measured."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import pytest
+
+from bench import gpu_check
+
+
+@pytest.fixture()
+def fake_steps(monkeypatch: pytest.MonkeyPatch) -> dict[str, list]:
+    """Steps that record calls: one measures rows then hangs past any budget, one fails, the rest are fast."""
+    calls: dict[str, list] = {"ran": []}
+
+    def quick(name):
+        def step(_args, _clock, _state, _out):
+            calls["ran"].append(name)
+            return {"ok": name}
+        return step
+
+    def hangs(_args, _clock, _state, out):
+        calls["ran"].append("sweep")
+        out.setdefault("rows", []).append({"batch": 1})
+        time.sleep(30)  # a call no estimate saw coming: only the hard deadline ends it
+        return {"rows": out["rows"]}
+
+    def fails(_args, _clock, _state, _out):
+        raise RuntimeError("nvcc fatal: cannot find cusparse.h\nmore lines")
+
+    steps = {name: quick(name) for name in gpu_check.STEPS}
+    steps.update(sweep=hangs)
+    calls["fails"] = [fails]
+    monkeypatch.setattr(gpu_check, "STEPS", steps)
+    monkeypatch.setattr(gpu_check, "BUDGETS", {name: 1.0 for name in steps})
+    return calls
+
+
+def test_a_hanging_step_stops_at_its_budget_and_keeps_its_rows(fake_steps: dict[str, list]) -> None:
+    started = time.monotonic()
+    results = gpu_check.run_steps(argparse.Namespace(total_budget=6.0))
+    assert time.monotonic() - started < 5  # 6 steps x 1 s at most, not the 30 s sleep
+    assert results["sweep"]["rows"] == [{"batch": 1}]
+    assert results["sweep"]["error"].startswith("stopped at its 1 s budget")
+    assert results["torchserve"] == {"ok": "torchserve", "seconds": 0.0}  # the next step still runs
+    assert fake_steps["ran"] == ["preflight", "kernels", "msda", "latency", "sweep", "torchserve"]
+
+
+def test_a_failed_compile_skips_the_steps_that_need_the_kernels(fake_steps: dict[str, list],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(gpu_check.STEPS, "kernels", fake_steps["fails"][0])
+    results = gpu_check.run_steps(argparse.Namespace(total_budget=6.0))
+    assert results["kernels"]["error"] == "RuntimeError: nvcc fatal: cannot find cusparse.h"
+    assert {results[name]["error"] for name in ("msda", "latency", "sweep")} == {
+        "skipped: mmcv's kernels did not compile"}
+    assert fake_steps["ran"] == ["preflight", "torchserve"]
+
+
+def test_clock_refuses_work_that_would_not_fit() -> None:
+    clock = gpu_check.Clock(10)
+    clock.check(5, "fits")
+    with pytest.raises(gpu_check.OutOfBudget, match="batch 8: ~20 s needed"):
+        clock.check(20, "batch 8")
