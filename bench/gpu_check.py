@@ -248,8 +248,11 @@ def run_steps(args) -> dict:
                    and importlib.util.find_spec("mmcv._ext") is not None}
     results: dict = {}
     for name, step in STEPS.items():
+        if "error" in results.get("preflight", {}):
+            results[name] = {"error": "skipped: the preflight failed", "seconds": 0.0}
+            continue
         if name in ("msda", "latency", "sweep") and "error" in results.get("kernels", {}):
-            results[name] = {"error": "skipped: mmcv's kernels did not compile"}
+            results[name] = {"error": "skipped: mmcv's kernels did not compile", "seconds": 0.0}
             continue
         budget = BUDGETS[name] * scale
         started, partial = time.monotonic(), {}

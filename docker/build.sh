@@ -149,5 +149,6 @@ build_image() {
 case "${1:-image}" in
   image) build_image ;;
   base) make_base ;;
-  *) die "usage: docker/build.sh [image|base]" ;;
+  archs) cuda_archs ;;
+  *) die "usage: docker/build.sh [image|base|archs]" ;;
 esac

@@ -63,3 +63,14 @@ def test_clock_refuses_work_that_would_not_fit() -> None:
     clock.check(5, "fits")
     with pytest.raises(gpu_check.OutOfBudget, match="batch 8: ~20 s needed"):
         clock.check(20, "batch 8")
+
+
+def test_without_a_gpu_the_run_stops_after_the_preflight(fake_steps: dict[str, list],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(gpu_check.STEPS, "preflight", gpu_check.step_preflight)
+    args = argparse.Namespace(total_budget=6.0, dry_run=False)  # torch here sees no CUDA GPU
+    results = gpu_check.run_steps(args)
+    assert results["preflight"]["error"].startswith("RuntimeError: no CUDA GPU visible to torch")
+    assert {results[name]["error"] for name in gpu_check.STEPS if name != "preflight"} == {
+        "skipped: the preflight failed"}
+    assert fake_steps["ran"] == []
