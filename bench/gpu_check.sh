@@ -5,6 +5,8 @@
 #
 #   here, once:   bash bench/gpu_check.sh wheels     # the carried set: .gpu-wheels/ (git-ignored, < 62 MiB)
 #   rehearsal:    bash bench/gpu_check.sh dry-run    # the same control flow on this CPU, tiny model
+#                 PYTHON=<py3.12 with a CUDA torch> bash bench/gpu_check.sh run --dry-run
+#                                                    # the device path: unpack, compile the kernels, shim
 #   device, one call (run tool: carry [".gpu-wheels"], timeout_s 540):
 #                 bash bench/gpu_check.sh run        # writes $OUT/gpu_check.md + .json
 #
@@ -61,10 +63,10 @@ unpack_missing() {
   mkdir -p "$site"
   for pair in $modules; do
     module=${pair%%:*} prefix=${pair#*:}
-    python3 -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$module') is None)" && continue
+    "$python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$module') is None)" && continue
     whl=$(ls "$wheels"/"$prefix"-*.whl 2>/dev/null | head -n1 || true)
     if [ -z "$whl" ]; then echo "missing on this machine and not carried: $module" >&2; continue; fi
-    python3 -m zipfile -e "$whl" "$site"
+    "$python" -m zipfile -e "$whl" "$site"
     echo "unpacked $(basename "$whl")"
   done
 }
@@ -82,12 +84,12 @@ case "${1:-}" in
     start=$(date +%s)
     { nvidia-smi || echo "no nvidia-smi"; } >"$out/nvidia-smi.txt" 2>&1
     site=$(mktemp -d)/site
-    timeout 60 bash -c "$(declare -f unpack_missing); wheels=$wheels modules='$modules'; unpack_missing $site" \
+    timeout 60 bash -c "$(declare -f unpack_missing); wheels=$wheels python=$python modules='$modules'; unpack_missing $site" \
       | tee "$out/unpack.txt" || echo "unpacking stopped at its 60 s budget" | tee -a "$out/unpack.txt"
     left=$(( budget - ($(date +%s) - start) ))
     # The python step budgets are scaled to what is left; `timeout` is the backstop 30 s after that.
     PYTHONPATH="$PWD:$site" PYTHONUNBUFFERED=1 timeout --kill-after=10 $(( left + 30 )) \
-      python3 -m bench.gpu_check --total-budget "$left" --out "$out" --mmcv-sdist "$wheels/mmcv-2.1.0.tar.gz" \
+      "$python" -m bench.gpu_check --total-budget "$left" --out "$out" --mmcv-sdist "$wheels/mmcv-2.1.0.tar.gz" \
       "${@:2}" || echo "bench.gpu_check exited with status $? after $(( $(date +%s) - start )) s" | tee -a "$out/gpu_check.md"
     ;;
   *)

@@ -1,11 +1,12 @@
 """mmcv's two CUDA kernels that Co-DINO runs, compiled on their own for the GPU check.
 
 The lent GPU machine has no mmcv and no internet, and a full mmcv build (136 compile units) does not fit its
-15 minutes. Co-DINO's inference calls two of mmcv's compiled ops: multi-scale deformable attention and NMS.
-This compiles mmcv's own sources for exactly those (`ms_deform_attn_cuda.cu`, `nms_cuda.cu`, from the mmcv
+15 minutes. Co-DINO's inference calls three of mmcv's compiled ops: multi-scale deformable attention
+(CUDA), NMS and the query head's soft-NMS (mmcv runs it on the CPU). This compiles mmcv's own sources for
+exactly those (`cuda/ms_deform_attn_cuda.cu`, `cuda/nms_cuda.cu`, `nms.cpp`, `cpu/nms.cpp`, from the mmcv
 2.1.0 sdist carried with the check) with a small pybind module of ours, and installs a `mmcv._ext` module
-that serves them under mmcv's names. Every other op of `mmcv._ext` is a stub that raises, loudly, if the
-model ever calls it, so a figure can only come from mmcv's real kernels.
+that serves them under mmcv's names and keywords. Every other op of `mmcv._ext` is a stub that raises,
+loudly, if the model ever calls it, so a figure can only come from mmcv's real kernels.
 """
 
 from __future__ import annotations
@@ -17,35 +18,42 @@ from pathlib import Path
 
 BINDING = r"""
 #include <torch/extension.h>
+#include "pytorch_cpp_helper.hpp"
+#include "pytorch_device_registry.hpp"
 at::Tensor ms_deform_attn_cuda_forward(const at::Tensor &value, const at::Tensor &spatial_shapes,
                                        const at::Tensor &level_start_index, const at::Tensor &sampling_loc,
                                        const at::Tensor &attn_weight, const int im2col_step);
-at::Tensor NMSCUDAKernelLauncher(at::Tensor boxes, at::Tensor scores, float iou_threshold, int offset);
+Tensor NMSCUDAKernelLauncher(Tensor boxes, Tensor scores, float iou_threshold, int offset);
+Tensor nms_impl(Tensor boxes, Tensor scores, float iou_threshold, int offset);
+Tensor nms(Tensor boxes, Tensor scores, float iou_threshold, int offset);
+Tensor softnms(Tensor boxes, Tensor scores, Tensor dets, float iou_threshold, float sigma, float min_score,
+               int method, int offset);
+// The CUDA entry of mmcv's nms dispatcher, as mmcv's cudabind.cpp registers it (that file registers every
+// op, so it is not compiled here).
+Tensor nms_cuda(Tensor boxes, Tensor scores, float iou_threshold, int offset) {
+  return NMSCUDAKernelLauncher(boxes, scores, iou_threshold, offset);
+}
+REGISTER_DEVICE_IMPL(nms_impl, CUDA, nms_cuda);
+// Names and keywords as mmcv's pybind.cpp has them, so mmcv.ops calls these unchanged.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("ms_deform_attn_forward", &ms_deform_attn_cuda_forward, "mmcv 2.1.0's MSDA CUDA forward");
-  m.def("nms", &NMSCUDAKernelLauncher, "mmcv 2.1.0's NMS CUDA kernel");
+  m.def("ms_deform_attn_forward", &ms_deform_attn_cuda_forward, "mmcv's MSDA CUDA forward",
+        py::arg("value"), py::arg("value_spatial_shapes"), py::arg("value_level_start_index"),
+        py::arg("sampling_locations"), py::arg("attention_weights"), py::arg("im2col_step"));
+  m.def("nms", &nms, "mmcv's nms (CPU and CUDA)", py::arg("boxes"), py::arg("scores"),
+        py::arg("iou_threshold"), py::arg("offset"));
+  m.def("softnms", &softnms, "mmcv's soft-NMS (CPU, as in mmcv)", py::arg("boxes"), py::arg("scores"),
+        py::arg("dets"), py::arg("iou_threshold"), py::arg("sigma"), py::arg("min_score"),
+        py::arg("method"), py::arg("offset"));
 }
 """
 
 # mmcv._ext as a Python module: mmcv.ops asserts hasattr(_ext, name) for every op name at import time.
-EXT_SHIM = '''"""mmcv._ext for bench/gpu_check: mmcv's MSDA and NMS CUDA kernels only (gpu_check_mmcv.py)."""
-import gpu_check_mmcv_ops as _ops
-
-
-def ms_deform_attn_forward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                           im2col_step):
-    return _ops.ms_deform_attn_forward(value, spatial_shapes, level_start_index, sampling_locations,
-                                       attention_weights, im2col_step)
-
-
-def nms(boxes, scores, iou_threshold, offset):
-    if not boxes.is_cuda:
-        raise NotImplementedError("gpu_check compiled mmcv's nms for CUDA tensors only")
-    return _ops.nms(boxes, scores, iou_threshold, offset)
+EXT_SHIM = '''"""mmcv._ext for bench/gpu_check: mmcv's MSDA, NMS and soft-NMS only (gpu_check_mmcv.py)."""
+from gpu_check_mmcv_ops import ms_deform_attn_forward, nms, softnms  # noqa: F401
 
 
 def get_compiler_version():
-    return "nvcc (gpu_check: ms_deform_attn + nms only)"
+    return "nvcc (gpu_check: ms_deform_attn, nms, softnms only)"
 
 
 def get_compiling_cuda_version():
@@ -56,7 +64,7 @@ def get_compiling_cuda_version():
 def __getattr__(name):
     def missing(*_args, **_kwargs):
         raise NotImplementedError(f"mmcv op {name!r} was not compiled for the GPU check (only "
-                                  "ms_deform_attn_forward and nms): this model path needs a full mmcv build")
+                                  "ms_deform_attn_forward, nms, softnms): this path needs a full mmcv build")
     return missing
 '''
 
@@ -87,10 +95,15 @@ def compile_kernels(mmcv_root: Path, build_dir: Path, arch_list: str, verbose: b
     build_dir.mkdir(parents=True, exist_ok=True)
     binding = build_dir / "binding.cpp"
     binding.write_text(BINDING)
+    # pytorch/nms.cpp and pytorch/cpu/nms.cpp would both build nms.o: copies with distinct names.
+    dispatch, cpu_nms = build_dir / "mmcv_nms.cpp", build_dir / "mmcv_nms_cpu.cpp"
+    dispatch.write_text((csrc / "pytorch" / "nms.cpp").read_text())
+    cpu_nms.write_text((csrc / "pytorch" / "cpu" / "nms.cpp").read_text())
     os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
     start = time.perf_counter()
     module = load(name="gpu_check_mmcv_ops", build_directory=str(build_dir), verbose=verbose,
-                  sources=[str(binding), str(csrc / "pytorch" / "cuda" / "ms_deform_attn_cuda.cu"),
+                  sources=[str(binding), str(dispatch), str(cpu_nms),
+                           str(csrc / "pytorch" / "cuda" / "ms_deform_attn_cuda.cu"),
                            str(csrc / "pytorch" / "cuda" / "nms_cuda.cu")],
                   extra_include_paths=[str(csrc / "common"), str(csrc / "common" / "cuda"),
                                        *nvidia_include_dirs()],

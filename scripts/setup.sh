@@ -117,6 +117,12 @@ build_mmcv_from_source() {
   # torch's CUDA headers include cuSPARSE/cuBLAS/... headers, which come with torch's nvidia-* wheels
   # (site-packages/nvidia/*/include), not with nvcc: hand them to gcc (CPATH) and nvcc.
   [ "$cuda" = 1 ] && export_nvidia_includes
+  if [ "$cuda" = 1 ] && [ ! -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] && ! command -v nvcc >/dev/null; then
+    echo "mmcv's CUDA kernels need nvcc: sudo bash docker/cuda-toolkit.sh $mmcv_flavour (NVIDIA's compiler" \
+         "wheels from PyPI, linked at /usr/local/cuda), or set CUDA_HOME; or put a prebuilt wheel in" \
+         "$wheel_cache/" >&2
+    exit 1
+  fi
   mkdir -p "$wheel_cache" 2>/dev/null || true
   # A read-only cache (e.g. a shared wheelhouse) is still searched, but new builds go to the project's own.
   [ -w "$wheel_cache" ] || { wheel_cache=$(cache_for_variant "$here/.cache/wheels"); mkdir -p "$wheel_cache"; }
