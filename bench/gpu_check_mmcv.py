@@ -12,6 +12,7 @@ loudly, if the model ever calls it, so a figure can only come from mmcv's real k
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -87,9 +88,29 @@ def nvidia_include_dirs() -> list[str]:
                    if path.is_dir()})
 
 
+def cuda_home() -> str | None:
+    """CUDA_HOME, else the first toolkit folder (bin/nvcc and include/cuda_runtime.h) among the one of the
+    nvcc on PATH (links resolved) and /usr/local/cuda. torch alone would take the folder above whatever
+    `nvcc` PATH finds, e.g. /usr/local for a /usr/local/bin/nvcc wrapper, which has no CUDA headers."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    on_path = shutil.which("nvcc")
+    candidates = [Path(on_path).resolve().parents[1]] if on_path else []
+    candidates.append(Path("/usr/local/cuda"))
+    complete = [home for home in candidates
+                if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists()]
+    return str(complete[0]) if complete else None
+
+
 def compile_kernels(mmcv_root: Path, build_dir: Path, arch_list: str, verbose: bool = False):
-    """Compile the two kernels + our binding with nvcc (torch's extension builder); returns (module, s)."""
-    from torch.utils.cpp_extension import load
+    """Compile the kernels + our binding with nvcc (torch's extension builder); returns (module, s)."""
+    home = cuda_home()
+    if home:
+        os.environ["CUDA_HOME"] = home
+    import torch.utils.cpp_extension as cpp_extension
+
+    cpp_extension.CUDA_HOME = home or cpp_extension.CUDA_HOME  # read once, when the module was imported
+    load = cpp_extension.load
 
     csrc = mmcv_root / "mmcv" / "ops" / "csrc"
     build_dir.mkdir(parents=True, exist_ok=True)
