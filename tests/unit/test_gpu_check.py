@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,40 @@ def test_without_a_gpu_the_run_stops_after_the_preflight(fake_steps: dict[str, l
     assert {results[name]["error"] for name in gpu_check.STEPS if name != "preflight"} == {
         "skipped: the preflight failed"}
     assert fake_steps["ran"] == []
+
+
+def test_the_ext_shim_serves_the_compiled_ops_and_refuses_the_rest(tmp_path, monkeypatch) -> None:
+    import sys
+    import types
+
+    from bench.gpu_check_mmcv import EXT_SHIM
+
+    compiled = types.ModuleType("gpu_check_mmcv_ops")
+    compiled.ms_deform_attn_forward = compiled.nms = compiled.softnms = lambda *a, **k: "kernel"
+    monkeypatch.setitem(sys.modules, "gpu_check_mmcv_ops", compiled)
+    (tmp_path / "fake_ext.py").write_text(EXT_SHIM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fake_ext
+
+    assert fake_ext.nms(boxes=1, scores=2, iou_threshold=0.5, offset=0) == "kernel"
+    assert hasattr(fake_ext, "roi_align_forward")  # mmcv.ops' import-time check passes ...
+    with pytest.raises(NotImplementedError, match="'roi_align_forward' was not compiled for the GPU check"):
+        fake_ext.roi_align_forward()  # ... and a call fails loudly instead of measuring something else
+
+
+def test_cuda_home_skips_a_folder_without_cuda_headers(tmp_path, monkeypatch) -> None:
+    from bench import gpu_check_mmcv
+
+    wrapper_dir, toolkit = tmp_path / "bin", tmp_path / "cuda-13.0"
+    for folder in (wrapper_dir, toolkit / "bin", toolkit / "include"):
+        folder.mkdir(parents=True)
+    (wrapper_dir / "nvcc").write_text("#!/bin/sh\nexec true\n")  # like /usr/local/bin/nvcc here
+    (wrapper_dir / "nvcc").chmod(0o755)
+    (toolkit / "bin" / "nvcc").write_text("")
+    (toolkit / "include" / "cuda_runtime.h").write_text("")
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(wrapper_dir))
+    monkeypatch.setattr(gpu_check_mmcv, "Path", lambda p: toolkit if p == "/usr/local/cuda" else Path(p))
+    assert gpu_check_mmcv.cuda_home() == str(toolkit)
+    monkeypatch.setenv("CUDA_HOME", "/opt/given")
+    assert gpu_check_mmcv.cuda_home() == "/opt/given"
