@@ -240,6 +240,13 @@ STEPS: dict[str, Callable] = {"preflight": step_preflight, "kernels": step_kerne
                               "latency": step_latency, "sweep": step_sweep, "torchserve": step_torchserve}
 
 
+def error_line(exc: BaseException) -> str:
+    """The line of a (compiler's) multi-line error that says what went wrong, else its first line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [""]
+    telling = [line for line in lines[1:] if "error" in line.lower() or "fatal" in line.lower()]
+    return (telling[0] if telling else lines[0])[:300]
+
+
 def run_steps(args) -> dict:
     """Every step under its budget, scaled to --total-budget; a failed step does not stop the later ones
     unless they depend on it (the model and msda steps need mmcv's ops)."""
@@ -261,8 +268,7 @@ def run_steps(args) -> dict:
         except OutOfBudget as exc:  # what was measured before the stop is kept
             results[name] = {**partial, "error": f"stopped at its {budget:.0f} s budget: {exc}"}
         except Exception as exc:  # a step's failure is a finding of the check, reported with the rest
-            first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-            results[name] = {**partial, "error": f"{type(exc).__name__}: {first_line}"}
+            results[name] = {**partial, "error": f"{type(exc).__name__}: {error_line(exc)}"}
         results[name]["seconds"] = round(time.monotonic() - started, 1)
         state[name] = results[name]
         print(f"== {name}: {json.dumps(results[name])[:400]}", flush=True)

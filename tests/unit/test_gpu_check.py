@@ -112,3 +112,10 @@ def test_cuda_home_skips_a_folder_without_cuda_headers(tmp_path, monkeypatch) ->
     assert gpu_check_mmcv.cuda_home() == str(toolkit)
     monkeypatch.setenv("CUDA_HOME", "/opt/given")
     assert gpu_check_mmcv.cuda_home() == "/opt/given"
+
+
+def test_a_compiler_failure_is_reported_by_its_telling_line() -> None:
+    exc = RuntimeError("Error building extension 'x': [1/6] c++ -MMD -MF a.o.d -I/long/include/paths\n"
+                       "In file included from b.h:4,\n"
+                       "CUDAContextLight.h:10:10: fatal error: cusparse.h: No such file or directory\n")
+    assert gpu_check.error_line(exc) == "CUDAContextLight.h:10:10: fatal error: cusparse.h: No such file or directory"
