@@ -118,4 +118,5 @@ def test_a_compiler_failure_is_reported_by_its_telling_line() -> None:
     exc = RuntimeError("Error building extension 'x': [1/6] c++ -MMD -MF a.o.d -I/long/include/paths\n"
                        "In file included from b.h:4,\n"
                        "CUDAContextLight.h:10:10: fatal error: cusparse.h: No such file or directory\n")
-    assert gpu_check.error_line(exc) == "CUDAContextLight.h:10:10: fatal error: cusparse.h: No such file or directory"
+    expected = "CUDAContextLight.h:10:10: fatal error: cusparse.h: No such file or directory"
+    assert gpu_check.error_line(exc) == expected
