@@ -8,14 +8,17 @@
 #
 # Variables (all optional):
 #   VARIANT          cpu (default) or cuda
-#   TORCH_CUDA       PyTorch index flavour: cpu for VARIANT=cpu, cu128 by default for VARIANT=cuda
-#   TORCH_CUDA_ARCH_LIST  GPU architectures mmcv's CUDA kernels are compiled for (default "8.9;9.0":
-#                    RTX 4090 / L4 / L40S and H100 / H200)
+#   TORCH_CUDA       torch flavour: cpu for VARIANT=cpu; for VARIANT=cuda cu130 by default (PyPI's own torch
+#                    and NVIDIA's compiler wheels from PyPI: no other index needed), or a PyTorch index
+#                    flavour such as cu128 (torch from download.pytorch.org, nvcc from NVIDIA's apt repository)
+#   TORCH_CUDA_ARCH_LIST  GPU architectures mmcv's CUDA kernels are compiled for (default: docker/cuda_archs.txt,
+#                    the list k8s/ selects GPU nodes by); only used when no mmcv wheel is staged
 #   IMAGE            tag to build (default codetr-serve:<TORCH_CUDA>)
 #   BASE_IMAGE       base of both stages (default docker.io/library/debian:bookworm-slim; when buildah
 #                    builds and localhost/debian:bookworm-slim exists, that local base is used)
 #   WHEEL_CACHE      folder with a prebuilt mmcv-2.1.0-cp311-*.whl (CUDA builds in a <TORCH_CUDA>/ subfolder,
-#                    the layout scripts/setup.sh uses); copied into the build context, else mmcv is compiled
+#                    the layout scripts/setup.sh uses); copied into the build context, else mmcv is compiled.
+#                    The builder uses it only if its ops run there (CUDA kernels included for a CUDA flavour).
 #   TORCH_WHEEL_DIR  folder with a torch-<pin>+<TORCH_CUDA>-cp311-*.whl to use instead of an index
 #   ENGINE           docker or buildah (default: docker if its daemon answers, else buildah)
 #   MAX_JOBS         parallel compile jobs in the builder (default: all cores of the build machine)
@@ -69,24 +72,32 @@ make_base() {
 
 unstage() { find docker/wheels -mindepth 1 ! -name .gitkeep -exec rm -rf {} +; }
 
-# Copy the optional prebuilt wheels into the build context: docker/wheels/ (CPU) or docker/wheels/<flavour>/.
-# They are removed again when the build ends.
+# The CUDA architectures for mmcv's kernels: TORCH_CUDA_ARCH_LIST, else docker/cuda_archs.txt.
+cuda_archs() {
+  if [ -n "${TORCH_CUDA_ARCH_LIST:-}" ]; then echo "$TORCH_CUDA_ARCH_LIST"; return; fi
+  grep -v '^#' docker/cuda_archs.txt | grep -m1 .
+}
+
+link_or_copy() { cp -l "$1" "$2" 2>/dev/null || cp "$1" "$2"; }
+
+# Copy the optional prebuilt wheels into the build context: docker/wheels/torch/ (a torch wheel, the CA
+# bundle) and docker/wheels/mmcv/ (an mmcv wheel of the flavour). They are removed again when the build ends.
 stage_wheels() {
   local flavour=$1 dest=docker/wheels sub=""
   [ "$flavour" = cpu ] || sub=$flavour
   unstage
   trap unstage EXIT
-  mkdir -p "$dest/$sub"
+  mkdir -p "$dest/torch" "$dest/mmcv"
   local cache=${WHEEL_CACHE:-.cache/wheels} whl torch_pin
   for whl in "$cache/${sub:+$sub/}"mmcv-2.1.0-cp311-*.whl; do
-    [ -f "$whl" ] && { cp -l "$whl" "$dest/$sub/" 2>/dev/null || cp "$whl" "$dest/$sub/"; say "mmcv wheel: $whl"; }
+    [ -f "$whl" ] && { link_or_copy "$whl" "$dest/mmcv/"; say "mmcv wheel: $whl"; }
   done
   torch_pin=$(sed -n 's/^torch==//p' requirements/constraints.txt)
-  # Behind a TLS-inspecting proxy pip needs the host's CA bundle (PIP_CERT); the builder stage uses it.
-  if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then cp "$PIP_CERT" "$dest/ca-bundle.pem"; say "CA bundle: $PIP_CERT"; fi
+  # Behind a TLS-inspecting proxy pip needs the host's CA bundle (PIP_CERT); the builder stages use it.
+  if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then cp "$PIP_CERT" "$dest/torch/ca-bundle.pem"; say "CA bundle: $PIP_CERT"; fi
   if [ -n "${TORCH_WHEEL_DIR:-}" ]; then
     for whl in "$TORCH_WHEEL_DIR"/torch-"$torch_pin"+"$flavour"-cp311-*.whl; do
-      [ -f "$whl" ] && { cp -l "$whl" "$dest/" 2>/dev/null || cp "$whl" "$dest/"; say "torch wheel: $whl"; }
+      [ -f "$whl" ] && { link_or_copy "$whl" "$dest/torch/"; say "torch wheel: $whl"; }
     done
   fi
   return 0
@@ -96,11 +107,11 @@ build_image() {
   local variant=${VARIANT:-cpu} flavour engine base tag start
   case "$variant" in
     cpu) flavour=${TORCH_CUDA:-cpu} ;;
-    cuda) flavour=${TORCH_CUDA:-cu128} ;;
+    cuda) flavour=${TORCH_CUDA:-cu130} ;;
     *) die "VARIANT must be cpu or cuda, not '$variant'" ;;
   esac
   [ "$variant" = cpu ] && [ "$flavour" != cpu ] && die "VARIANT=cpu needs TORCH_CUDA=cpu (got $flavour)"
-  [ "$variant" = cuda ] && [ "$flavour" = cpu ] && die "VARIANT=cuda needs a CUDA flavour such as cu128"
+  [ "$variant" = cuda ] && [ "$flavour" = cpu ] && die "VARIANT=cuda needs a CUDA flavour such as cu130"
   engine=$(pick_engine)
   tag=${IMAGE:-codetr-serve:$flavour}
   base=${BASE_IMAGE:-}
@@ -113,9 +124,9 @@ build_image() {
   fi
   stage_wheels "$flavour"
   local args=(${BUILD_FLAGS:-} --build-arg "BASE_IMAGE=$base" --build-arg "TORCH_CUDA=$flavour"
-              --build-arg "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.9;9.0}"
+              --build-arg "TORCH_CUDA_ARCH_LIST=$(cuda_archs)"
               --build-arg "MAX_JOBS=${MAX_JOBS:-}" -f docker/Dockerfile -t "$tag")
-  say "building $tag ($variant, torch flavour $flavour) from $base with $engine"
+  say "building $tag ($variant, torch flavour $flavour, CUDA archs $(cuda_archs) unless an mmcv wheel is staged) from $base with $engine"
   start=$(date +%s)
   if [ "$engine" = docker ]; then
     DOCKER_BUILDKIT=1 docker build "${args[@]}" .
@@ -138,5 +149,6 @@ build_image() {
 case "${1:-image}" in
   image) build_image ;;
   base) make_base ;;
-  *) die "usage: docker/build.sh [image|base]" ;;
+  archs) cuda_archs ;;
+  *) die "usage: docker/build.sh [image|base|archs]" ;;
 esac

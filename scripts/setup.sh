@@ -5,9 +5,15 @@
 # Variables (all optional):
 #   VENV          virtualenv path                              (default .venv)
 #   PYTHON        interpreter used to create it                (default python3.11, else python3)
-#   TORCH_CUDA    e.g. cu128: take torch from PyTorch's CUDA index and compile mmcv's CUDA kernels
+#   TORCH_CUDA    which torch build (codetr_serve/tools/torch_choice.py decides, README "Setup"):
+#                   empty  the CPU build where no NVIDIA GPU is visible, PyPI's CUDA 13.0 build where one is
+#                   cpu    the CPU build (a local +cpu wheel pip resolves to, else PyTorch's CPU index)
+#                   cu130  PyPI's own torch (CUDA 13.0); mmcv compiled with CUDA kernels
+#                   cu128  ... any other flavour: PyTorch's index for it; mmcv compiled with CUDA kernels
+#   TORCH_CUDA_ARCH_LIST  GPUs mmcv's CUDA kernels are built for (default: docker/cuda_archs.txt)
 #   WHEEL_CACHE   directory searched for a prebuilt mmcv wheel; a fresh source build is stored there
 #   TORCH_WHEEL   a torch wheel file to install instead of resolving torch from an index (offline image builds)
+#   SETUP_STEPS=torch  stop once torch is installed (docker/Dockerfile's toolchain stage: its own layer)
 #   RUNTIME_DEPS_ONLY=1  stop after torch, mmcv and requirements/runtime.txt: no dev tools, no project
 #                 install, no Java, no doctor (docker/Dockerfile does those in its own layers)
 set -euo pipefail
@@ -15,7 +21,6 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 constraints="$here/requirements/constraints.txt"
 venv=${VENV:-$here/.venv}
-torch_cuda=${TORCH_CUDA:-}
 wheel_cache=${WHEEL_CACHE:-$here/.cache/wheels}
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -39,22 +44,33 @@ make_venv() {
 
 pip_install() { "$venv/bin/python" -m pip install --disable-pip-version-check -c "$constraints" "$@"; }
 
+# Sets torch_source, torch_index, torch_exact, mmcv_flavour and torch_note (see torch_choice.py).
+choose_torch() {
+  local plan
+  plan=$("$venv/bin/python" "$here/codetr_serve/tools/torch_choice.py" "$venv/bin/python" "$constraints")
+  eval "$plan"
+}
+
 install_torch() {
-  log "installing $(pin torch) ${torch_cuda:+($torch_cuda)}"
+  local spec; spec=$(pin torch)
+  [ "$torch_exact" = 1 ] && spec="torch===${spec#torch==}"  # PyPI's build, never a local +cpu one
+  log "installing $spec (mmcv flavour $mmcv_flavour; from ${TORCH_WHEEL:-${torch_index:-the configured pip indexes}})"
+  [ -z "$torch_note" ] || printf 'NOTE: %s\n' "$torch_note" >&2
   if [ -n "${TORCH_WHEEL:-}" ]; then
     pip_install "$TORCH_WHEEL"
-  elif [ -n "$torch_cuda" ]; then
-    pip_install --index-url "https://download.pytorch.org/whl/$torch_cuda" "$(pin torch)"
+  elif [ -n "$torch_index" ]; then
+    pip_install --index-url "$torch_index" "$spec"
   else
-    pip_install "$(pin torch)"
+    pip_install "$spec"
   fi
   pip_install numpy setuptools wheel ninja
+  "$venv/bin/python" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
 }
 
 mmcv_ops_work() {
   # Runs a real compiled op: an import alone does not prove the .so matches this torch's ABI.
   # For a CUDA stack the ops must also have been compiled with CUDA (a CPU-only wheel would load fine).
-  NEED_CUDA=${torch_cuda:+$([ "$torch_cuda" = cpu ] || echo 1)} "$venv/bin/python" - <<'PY' >/dev/null 2>&1
+  NEED_CUDA=$([ "$mmcv_flavour" = cpu ] || echo 1) "$venv/bin/python" - <<'PY' >/dev/null 2>&1
 import os
 import torch
 from mmcv.ops import get_compiling_cuda_version, nms
@@ -67,7 +83,7 @@ PY
 
 # CPU and CUDA builds of mmcv share one file name, so each CUDA flavour keeps its wheels in a subfolder.
 cache_for_variant() {
-  if [ -n "$torch_cuda" ] && [ "$torch_cuda" != cpu ]; then echo "$1/$torch_cuda"; else echo "$1"; fi
+  if [ "$mmcv_flavour" != cpu ]; then echo "$1/$mmcv_flavour"; else echo "$1"; fi
 }
 
 install_mmcv_from_cache() {
@@ -81,12 +97,35 @@ install_mmcv_from_cache() {
   return 1
 }
 
+export_nvidia_includes() {
+  local dirs
+  dirs=$("$venv/bin/python" -c 'import nvidia, pathlib
+print(":".join(sorted({str(p) for r in nvidia.__path__ for p in pathlib.Path(r).glob("**/include") if p.is_dir()})))' 2>/dev/null || true)
+  [ -n "$dirs" ] || return 0
+  export CPATH="$dirs${CPATH:+:$CPATH}"
+  export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} -I${dirs//:/ -I}"
+}
+
 build_mmcv_from_source() {
-  log "building $(pin mmcv) with compiled ops from source (about 21 min on 2 cores)"
+  local cuda=0; [ "$mmcv_flavour" != cpu ] && cuda=1
+  # The CUDA architectures: TORCH_CUDA_ARCH_LIST, else the one list the image and k8s/ read.
+  [ -n "${TORCH_CUDA_ARCH_LIST:-}" ] || TORCH_CUDA_ARCH_LIST=$(grep -v '^#' "$here/docker/cuda_archs.txt" | head -n1)
+  export TORCH_CUDA_ARCH_LIST
+  local what="CPU ops only: about 21 min on 2 cores"
+  [ "$cuda" = 1 ] && what="CPU ops and CUDA kernels for $TORCH_CUDA_ARCH_LIST: docker/README.md has the times"
+  log "building $(pin mmcv) with compiled ops from source ($what)"
+  # torch's CUDA headers include cuSPARSE/cuBLAS/... headers, which come with torch's nvidia-* wheels
+  # (site-packages/nvidia/*/include), not with nvcc: hand them to gcc (CPATH) and nvcc.
+  [ "$cuda" = 1 ] && export_nvidia_includes
+  if [ "$cuda" = 1 ] && [ ! -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] && ! command -v nvcc >/dev/null; then
+    echo "mmcv's CUDA kernels need nvcc: sudo bash docker/cuda-toolkit.sh $mmcv_flavour (NVIDIA's compiler" \
+         "wheels from PyPI, linked at /usr/local/cuda), or set CUDA_HOME; or put a prebuilt wheel in" \
+         "$wheel_cache/" >&2
+    exit 1
+  fi
   mkdir -p "$wheel_cache" 2>/dev/null || true
   # A read-only cache (e.g. a shared wheelhouse) is still searched, but new builds go to the project's own.
   [ -w "$wheel_cache" ] || { wheel_cache=$(cache_for_variant "$here/.cache/wheels"); mkdir -p "$wheel_cache"; }
-  local cuda=0; [ -n "$torch_cuda" ] && [ "$torch_cuda" != cpu ] && cuda=1
   MMCV_WITH_OPS=1 FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
     "$venv/bin/python" -m pip wheel --no-build-isolation --no-deps -c "$constraints" \
       -w "$wheel_cache" "$(pin mmcv)"
@@ -104,10 +143,12 @@ install_java() {
   fi
 }
 
-wheel_cache=$(cache_for_variant "$wheel_cache")
 make_venv
+choose_torch
+wheel_cache=$(cache_for_variant "$wheel_cache")
 pip_install --upgrade pip
 install_torch
+[ "${SETUP_STEPS:-all}" = torch ] && exit 0
 mmcv_ops_work || install_mmcv_from_cache || build_mmcv_from_source
 log "installing the rest of the stack"
 if [ "${RUNTIME_DEPS_ONLY:-0}" = 1 ]; then pip_install -r "$here/requirements/runtime.txt"; exit 0; fi

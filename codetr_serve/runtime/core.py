@@ -41,6 +41,7 @@ from codetr_serve.runtime.precision import (
     configure_cuda,
     deformable_attention_types,
     inference_precision,
+    keep_decoding_in_fp32,
     keep_in_fp32,
 )
 from codetr_serve.runtime.settings import ServingSettings
@@ -109,7 +110,9 @@ class DetectorCore:
         self.detector = build_detector(cfg, s.weights_path, s.device)
         if s.fp16:
             kept = keep_in_fp32(self.detector.model, deformable_attention_types())
-            log.info("fp16 autocast on; %d deformable attention modules kept in fp32", kept)
+            decoders = keep_decoding_in_fp32(self.detector.model)
+            log.info("fp16 autocast on; %d deformable attention modules and %d box-decoding methods kept in "
+                     "fp32", kept, decoders)
         self.preparer = ImagePreparer(cfg, s.test_scale)
         self._warm_up()
 

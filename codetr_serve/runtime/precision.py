@@ -1,7 +1,10 @@
 """Mixed precision for CUDA workers.
 
 Multi-scale deformable attention samples features at fractional locations and sums many small products;
-in FP16 that loses detections, so those modules run in FP32 inside an otherwise FP16 forward.
+in FP16 that loses detections, so those modules run in FP32 inside an otherwise FP16 forward. So does box
+decoding: FP16 has an 11-bit mantissa, so a sigmoid box coordinate scaled to a 2048-pixel image would be
+off by up to a pixel; the head's last regression step (`layer_outputs`) and its post-processing
+(`predict_by_feat`: top-k, cxcywh -> xyxy, rescale, NMS) run in FP32 as well.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ def _device_type(args: tuple, kwargs: dict, module: nn.Module) -> str:
 
 
 def _to_fp32(value):
+    """Floating tensors to FP32, also inside lists and tuples (per-layer outputs); anything else as is."""
     if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float32:
         return value.float()
+    if isinstance(value, list | tuple) and any(isinstance(item, torch.Tensor) for item in value):
+        return type(value)(_to_fp32(item) for item in value)
     return value
 
 
@@ -54,6 +60,24 @@ def keep_in_fp32(model: nn.Module, module_types: tuple[type, ...]) -> int:
     return count
 
 
+# Methods of a detection head that turn its outputs into boxes: the last regression step and the
+# post-processing. A module that has none of them is left alone.
+DECODING_METHODS = ("layer_outputs", "predict_by_feat")
+
+
+def keep_decoding_in_fp32(model: nn.Module) -> int:
+    """Make every head's box-decoding methods in `model` run in FP32 under autocast; returns the count."""
+    count = 0
+    for module in model.modules():
+        for name in DECODING_METHODS:
+            marker = f"_codetr_fp32_{name}"
+            if callable(getattr(type(module), name, None)) and not getattr(module, marker, False):
+                setattr(module, name, _fp32_forward(getattr(module, name), module))
+                setattr(module, marker, True)
+                count += 1
+    return count
+
+
 def deformable_attention_types() -> tuple[type, ...]:
     """The module classes that must stay FP32 (mmcv's, and any subclass our model registers)."""
     from mmcv.ops import MultiScaleDeformableAttention
@@ -61,12 +85,18 @@ def deformable_attention_types() -> tuple[type, ...]:
     return (MultiScaleDeformableAttention,)
 
 
+# Device types a `fp16: true` setting turns FP16 autocast on for. Only CUDA: on CPUs FP16 matmuls are
+# slower than FP32. (A test widens it to "cpu" to run the CUDA precision path without a GPU.)
+FP16_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
+
+
 @contextlib.contextmanager
 def inference_precision(device: str, fp16: bool) -> Iterator[None]:
     """inference_mode, plus FP16 autocast on CUDA when asked for."""
+    device_type = torch.device(device).type
     with torch.inference_mode():
-        if fp16 and device.startswith("cuda"):
-            with torch.autocast(device_type="cuda", dtype=torch.float16):
+        if fp16 and device_type in FP16_DEVICE_TYPES:
+            with torch.autocast(device_type=device_type, dtype=torch.float16):
                 yield
         else:
             yield

@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from codetr_serve.tools.cuda_archs import fatbin_archs
 from codetr_serve.tools.doctor_checks import COMPONENTS, SEVERITY_RANK, Finding, StackFacts, run_checks
 
 Facts = MutableMapping[str, Any]
@@ -46,6 +47,19 @@ def parse_pins(text: str) -> dict[str, str]:
         if match:
             pins[normalize_name(match.group(1))] = match.group(2)
     return pins
+
+
+def optional_pin_names(text: str) -> frozenset[str]:
+    """Pins under a `# --- optional: ...` header of constraints.txt (up to the next `# ---` header): the
+    tools' own venvs and the CUDA stack, which a `make setup` venv may rightly lack."""
+    names: set[str] = set()
+    optional = False
+    for line in text.splitlines():
+        if line.startswith("# ---"):
+            optional = line.startswith("# --- optional")
+        elif optional:
+            names.update(parse_pins(line))
+    return frozenset(names)
 
 
 def read_version_window(init_source: str, package: str) -> tuple[str, str] | None:
@@ -89,20 +103,29 @@ def probe_torch(out: Facts) -> None:
 
     out.update(torch_version=torch.__version__, torch_cuda=torch.version.cuda,
                cuda_available=torch.cuda.is_available())
+    if out["torch_cuda"]:  # the compile-time list, readable without a GPU
+        out["torch_arch_list"] = tuple(torch._C._cuda_getArchFlags().split())
     if out["cuda_available"]:
         major, minor = torch.cuda.get_device_capability(0)
-        out.update(cuda_device=torch.cuda.get_device_name(0), cuda_capability=f"{major}.{minor}",
-                   torch_arch_list=tuple(torch.cuda.get_arch_list()))
+        out.update(cuda_device=torch.cuda.get_device_name(0), cuda_capability=f"{major}.{minor}")
 
 
 def probe_gpu_driver(out: Facts) -> None:
     """The GPU the NVIDIA driver sees, so a CPU-only torch on a GPU machine can be reported."""
     smi = shutil.which("nvidia-smi")
     if smi:
-        proc = subprocess.run([smi, "--query-gpu=name,driver_version", "--format=csv,noheader"],
+        proc = subprocess.run([smi, "--query-gpu=name,driver_version,compute_cap", "--format=csv,noheader"],
                               capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
-        first = proc.stdout.strip().splitlines()[:1]
-        out["driver_gpu"] = first[0].replace(", ", " driver ") if proc.returncode == 0 and first else None
+        out.update(parse_smi_gpu(proc.stdout) if proc.returncode == 0 else {})
+
+
+def parse_smi_gpu(csv_text: str) -> dict[str, str | None]:
+    """The first GPU of `nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader`."""
+    fields = [field.strip() for field in (csv_text.strip().splitlines() or [""])[0].split(",")]
+    if len(fields) < 2 or not fields[0]:
+        return {}
+    capability = fields[2] if len(fields) > 2 and re.fullmatch(r"\d+\.\d+", fields[2]) else None
+    return {"driver_gpu": f"{fields[0]} driver {fields[1]}", "driver_capability": capability}
 
 
 def _run_nms(device: str) -> str | None:
@@ -134,6 +157,8 @@ def probe_mmcv(out: Facts) -> None:
     compiled_cuda = get_compiling_cuda_version()
     out.update(mmcv_cuda=None if compiled_cuda == "not available" else compiled_cuda,
                mmcv_compiler=get_compiler_version(), mmcv_ops_run_error=_run_nms("cpu"))
+    if out["mmcv_cuda"]:
+        out["mmcv_arch_list"] = fatbin_archs(importlib.import_module("mmcv._ext").__file__)
     out["mmcv_ops_ok"] = out["mmcv_ops_run_error"] is None
     if out.get("cuda_available") and out["mmcv_cuda"]:
         out["mmcv_gpu_run_error"] = _run_nms("cuda")
@@ -200,8 +225,10 @@ def probe_pins(out: Facts) -> None:
     path = next((candidate for candidate in candidates if candidate.is_file()), None)
     if path is None:
         return
-    pins = parse_pins(path.read_text(encoding="utf-8"))
-    out.update(constraints_path=str(path), pins=pins, installed={name: dist_version(name) for name in pins})
+    text = path.read_text(encoding="utf-8")
+    pins = parse_pins(text)
+    out.update(constraints_path=str(path), pins=pins, optional_pins=optional_pin_names(text),
+               installed={name: dist_version(name) for name in pins})
 
 
 PROBES: tuple[Callable[[Facts], None], ...] = (probe_torch, probe_gpu_driver, probe_mmcv, probe_cpu_msda,
@@ -237,10 +264,13 @@ def _or_missing(version: str | None, detail: str = "") -> str:
 
 def matrix_rows(facts: StackFacts) -> dict[str, str]:
     """Component -> what is installed, in the order of COMPONENTS."""
-    torch_build = f" (CUDA {facts.torch_cuda})" if facts.torch_cuda else " (CPU build)"
-    gpu = (f"{facts.cuda_device} (sm {facts.cuda_capability})" if facts.cuda_available
-           else f"{facts.driver_gpu} (not usable by torch)" if facts.driver_gpu else "none (CPU serving)")
-    ops_cuda = f"CUDA {facts.mmcv_cuda}" if facts.mmcv_cuda else "CPU-only"
+    torch_build = (f" (CUDA {facts.torch_cuda}; kernels {' '.join(facts.torch_arch_list) or 'unknown'})"
+                   if facts.torch_cuda else " (CPU build)")
+    unusable = f"(compute capability {facts.driver_capability or '?'}; not usable by torch)"
+    gpu = (f"{facts.cuda_device} (compute capability {facts.cuda_capability})" if facts.cuda_available
+           else f"{facts.driver_gpu} {unusable}" if facts.driver_gpu else "none visible (CPU serving)")
+    ops_cuda = (f"CUDA {facts.mmcv_cuda} kernels {' '.join(facts.mmcv_arch_list) or '(archs unread)'}"
+                if facts.mmcv_cuda else "CPU-only")
     ops = (f"nms runs; {ops_cuda}; {facts.mmcv_compiler}" if facts.mmcv_ops_ok
            else facts.mmcv_ops_import_error or facts.mmcv_ops_run_error or "not verified")
     msda = ({"op": f"cpu_msda auto -> {facts.cpu_msda_detail}",
@@ -250,7 +280,9 @@ def matrix_rows(facts: StackFacts) -> dict[str, str]:
         msda += " (GPU workers use mmcv's CUDA kernel)"
     wants = f" (wants mmcv>={window[0]},<{window[1]})" if (window := facts.mmdet_mmcv_window) else ""
     differing = [name for name, pin in facts.pins.items()
-                 if (facts.installed.get(name) or "").split("+", 1)[0] != pin]
+                 if facts.installed.get(name) and facts.installed[name].split("+", 1)[0] != pin]
+    missing = [name for name in facts.pins
+               if not facts.installed.get(name) and name not in facts.optional_pins]
     return {
         "python": f"{facts.python_version} ({sys.executable})",
         "torch": _or_missing(facts.torch_version, torch_build),
@@ -265,7 +297,8 @@ def matrix_rows(facts: StackFacts) -> dict[str, str]:
         "torchserve": _or_missing(facts.torchserve_version),
         "torch-model-archiver": _or_missing(facts.archiver_version),
         "java": f"{facts.java_major} ({facts.java_path})" if facts.java_path else "MISSING",
-        "pins": (f"{len(facts.pins)} in {facts.constraints_path}, {len(differing)} differ"
+        "pins": (f"{len(facts.pins)} in {facts.constraints_path} ({len(facts.optional_pins)} optional), "
+                 f"{len(differing)} differ, {len(missing)} missing"
                  if facts.pins else "no requirements/constraints.txt: not checked"),
     }
 
@@ -297,7 +330,8 @@ def render_json(facts: StackFacts, findings: list[Finding]) -> str:
     """Machine output: the verdict, every fact and every finding."""
     can_serve = not any(finding.severity == "error" for finding in findings)
     return json.dumps({"can_serve": can_serve, "facts": asdict(facts),
-                       "findings": [asdict(finding) for finding in findings]}, indent=2)
+                       "findings": [asdict(finding) for finding in findings]}, indent=2,
+                      default=sorted)  # frozensets (optional_pins) as sorted lists
 
 
 def main(argv: list[str] | None = None) -> int:

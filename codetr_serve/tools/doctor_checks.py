@@ -37,8 +37,9 @@ class StackFacts:
     cuda_available: bool = False
     cuda_device: str | None = None
     cuda_capability: str | None = None  # "8.9"
-    torch_arch_list: tuple[str, ...] = ()
+    torch_arch_list: tuple[str, ...] = ()  # what torch's kernels are compiled for ("sm_90", "compute_90")
     driver_gpu: str | None = None  # what nvidia-smi sees, even when torch cannot use it
+    driver_capability: str | None = None  # its compute capability per nvidia-smi ("9.0")
     mmcv_version: str | None = None
     mmcv_dist: str | None = None  # "mmcv" or "mmcv-lite" (the distribution that provides the module)
     mmcv_ops_ok: bool = False  # a compiled op (nms) really ran on CPU
@@ -47,6 +48,7 @@ class StackFacts:
     mmcv_gpu_run_error: str | None = None
     mmcv_cuda: str | None = None  # CUDA the ops were compiled with; None for CPU-only ops
     mmcv_compiler: str | None = None
+    mmcv_arch_list: tuple[str, ...] = ()  # read from the .nv_fatbin section of mmcv/_ext*.so
     cpu_msda_path: str | None = None  # "op" (our compiled CPU MSDA op), "fallback" (mmcv), None: not probed
     cpu_msda_detail: str | None = None  # the library and its kernel, or why it cannot be used
     cpu_msda_stale: bool = False  # built from another msda_cpu.cpp than the installed one
@@ -67,6 +69,7 @@ class StackFacts:
     constraints_path: str | None = None
     pins: Mapping[str, str] = field(default_factory=dict)  # PEP 503 name -> pinned version
     installed: Mapping[str, str | None] = field(default_factory=dict)  # same names -> installed version
+    optional_pins: frozenset[str] = frozenset()  # tools' own venvs, the CUDA stack: checked where installed
     errors: Mapping[str, str] = field(default_factory=dict)  # probe name -> why it failed
 
 
@@ -130,10 +133,11 @@ def check_torch(facts: StackFacts) -> list[Finding]:
     version, gpu = facts.torch_version, facts.driver_gpu
     if version is None:
         return _error("torch", f"torch is not importable: {facts.errors.get('torch', 'not installed')}",
-                      "make setup  (CPU), or make setup TORCH_CUDA=cu128  (NVIDIA GPU)")
+                      "make setup  (CPU), or make setup TORCH_CUDA=cu130  (NVIDIA GPU)")
     if gpu and facts.torch_cuda is None:
         return _warn("torch", f"torch {version} is a CPU build but the machine has a GPU ({gpu}): inference "
-                     "will run on CPU", "make setup TORCH_CUDA=cu128  (a CUDA your driver supports)")
+                     "will run on CPU", "make setup TORCH_CUDA=cu130  (PyPI's CUDA 13.0 build; cu126/cu128 "
+                     "from PyTorch's index for older drivers)")
     if gpu and not facts.cuda_available:
         return _warn("torch", f"torch is built with CUDA {facts.torch_cuda} but cannot use {gpu} (driver "
                      "older than that CUDA?)", "update the NVIDIA driver, or use an older TORCH_CUDA")
@@ -142,6 +146,28 @@ def check_torch(facts: StackFacts) -> list[Finding]:
                       f"{facts.cuda_capability}; built for {' '.join(facts.torch_arch_list)}): 'no kernel "
                       "image is available'", "make setup TORCH_CUDA=<newer cuXYZ>")
     return []
+
+
+def gpu_capability(facts: StackFacts) -> str | None:
+    """The visible GPU's compute capability: torch's view, else the driver's (a GPU torch cannot use)."""
+    return facts.cuda_capability or facts.driver_capability
+
+
+def check_gpu_coverage(facts: StackFacts) -> list[Finding]:
+    """mmcv's CUDA kernels must include code for the GPU; with no GPU visible, say what they cover."""
+    if not facts.mmcv_cuda or not facts.mmcv_arch_list:
+        return []
+    capability, archs = gpu_capability(facts), " ".join(facts.mmcv_arch_list)
+    if capability is None:
+        return [Finding("ok", "gpu", f"no GPU visible; mmcv's CUDA kernels cover {archs}, torch's "
+                        f"{' '.join(facts.torch_arch_list) or 'unknown'} (sm_XY: GPUs of compute capability "
+                        "X.Y..X.9; compute_XY: PTX, JIT-compiled for X.Y and newer)")]
+    if _arch_supported(capability, facts.mmcv_arch_list):
+        return []
+    name = facts.cuda_device or facts.driver_gpu
+    return _error("gpu", f"this GPU ({name}, compute capability {capability}) is not covered by mmcv's CUDA "
+                  f"kernels (built for {archs}): its ops fail with 'no kernel image is available'",
+                  f"TORCH_CUDA_ARCH_LIST={capability} {mmcv_rebuild_fix(facts, facts.torch_cuda)}")
 
 
 def _arch_supported(capability: str | None, arch_list: tuple[str, ...]) -> bool:
@@ -278,14 +304,15 @@ def check_checkpoint_loading(facts: StackFacts) -> list[Finding]:
         return []
     return [Finding("ok", "torch", f"torch {version} loads with weights_only=True by default, so mmengine's "
                     "load_checkpoint rejects official .pth files; codetr-serve converts them to safetensors "
-                    "(archive.sh) or reads them with an allowlist (codetr_serve/checkpoint.py), never "
-                    "weights_only=False")]
+                    "(archive.sh) or reads them with an allowlist (codetr_serve/convert/checkpoint.py), "
+                    "never weights_only=False")]
 
 
 def check_pins(facts: StackFacts) -> list[Finding]:
     """Installed versions that differ from requirements/constraints.txt (local tags like +cu128 ignored)."""
     findings: list[Finding] = []
-    missing = [name for name in sorted(facts.pins) if facts.installed.get(name) is None]
+    missing = [name for name in sorted(facts.pins)
+               if facts.installed.get(name) is None and name not in facts.optional_pins]
     for name, pinned in sorted(facts.pins.items()):
         installed = facts.installed.get(name)
         if installed is not None and installed.split("+", 1)[0] != pinned:
@@ -298,9 +325,9 @@ def check_pins(facts: StackFacts) -> list[Finding]:
 
 COMPONENTS = ("python", "torch", "gpu", "mmcv", "mmcv ops", "cpu msda", "mmdet", "mmengine", "numpy",
               "opencv", "torchserve", "torch-model-archiver", "java", "pins")
-ALL_CHECKS: tuple[Check, ...] = (check_python, check_torch, check_mmcv_ops, check_mmcv_cuda, check_cpu_msda,
-                                 check_mmdet, check_java, check_numpy_opencv, check_installed,
-                                 check_checkpoint_loading, check_pins)
+ALL_CHECKS: tuple[Check, ...] = (check_python, check_torch, check_mmcv_ops, check_mmcv_cuda,
+                                 check_gpu_coverage, check_cpu_msda, check_mmdet, check_java,
+                                 check_numpy_opencv, check_installed, check_checkpoint_loading, check_pins)
 
 
 def run_checks(facts: StackFacts, checks: tuple[Check, ...] = ALL_CHECKS) -> list[Finding]:

@@ -125,10 +125,12 @@ def test_dockerfile_rule(rule):
     assert rule(RULES[rule]), f"{rule.__name__} does not catch its counter-example"
 
 
-def test_both_stages_start_from_base_image_arg():
+def test_every_stage_starts_from_base_image_arg():
     text = (DOCKER / "Dockerfile").read_text()
-    froms = [arg for word, arg in instructions(text) if word == "FROM"]
-    assert [f.split()[0] for f in froms] == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
+    froms = [arg.split() for word, arg in instructions(text) if word == "FROM"]
+    # toolchain and runtime from the base, builder from toolchain: one Debian, one python3.11 for the venv
+    assert froms == [["${BASE_IMAGE}", "AS", "toolchain"], ["toolchain", "AS", "builder"],
+                     ["${BASE_IMAGE}", "AS", "runtime"]]
     assert "ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim" in text
 
 
@@ -157,16 +159,43 @@ def test_container_config_keeps_the_serving_settings_of_config_properties():
     assert copied and image["metrics_config"] == copied[0].split()[-1] + "metrics.yaml"
 
 
-@pytest.mark.parametrize("flavour, expected", [("cu128", "CUDA 12.8"), ("cu130", "CUDA 13.0"), ("cpu", "")])
+@pytest.mark.parametrize("flavour, expected", [
+    # CUDA 13: NVIDIA's wheels from PyPI at the version constraints.txt pins (torch's own cuda-toolkit pin)
+    ("cu130", "CUDA 13.0 from PyPI: cuda-toolkit[nvcc,cccl]==13.0.3"),
+    ("cu131", "CUDA 13.1 from PyPI: cuda-toolkit[nvcc,cccl]==13.1.*"),  # not the pinned torch's CUDA
+    ("cu128", "CUDA 12.8 from NVIDIA's Debian 12 repository: cuda-nvcc-12-8 cuda-libraries-dev-12-8"),
+    ("cpu", "")])
 def test_cuda_toolkit_version_from_torch_flavour(flavour, expected):
-    out = subprocess.run(["bash", str(DOCKER / "cuda-toolkit.sh"), flavour], capture_output=True, text=True,
+    out = subprocess.run(["bash", str(DOCKER / "cuda-toolkit.sh"), flavour,
+                          str(REPO / "requirements" / "constraints.txt")], capture_output=True, text=True,
                          env={**os.environ, "CUDA_TOOLKIT_DRY_RUN": "1"}, check=True)
     assert out.stdout.strip() == expected
 
 
+def test_the_toolkit_pin_is_the_cuda_toolkit_torch_requires():
+    # PyPI's torch 2.13.0 (CUDA 13.0) depends on cuda-toolkit==13.0.3; the compiler must match it.
+    pins = dict(line.split("==", 1) for line in (REPO / "requirements" / "constraints.txt").read_text()
+                .splitlines() if "==" in line and not line.startswith("#"))
+    assert pins["cuda-toolkit"] == "13.0.3" and pins["nvidia-cuda-nvcc"].startswith("13.0.")
+    assert pins["nvidia-cuda-runtime"].startswith("13.0.") and pins["torch"] == "2.13.0"
+
+
+def test_the_arch_list_comes_from_cuda_archs_txt():
+    listed = [line for line in (DOCKER / "cuda_archs.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    out = subprocess.run(["bash", str(DOCKER / "build.sh"), "archs"], capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "TORCH_CUDA_ARCH_LIST"}, check=True)
+    assert out.stdout.split() == listed == ["8.0;8.6;8.9;9.0+PTX"]
+    override = subprocess.run(["bash", str(DOCKER / "build.sh"), "archs"], capture_output=True, text=True,
+                              env={**os.environ, "TORCH_CUDA_ARCH_LIST": "9.0"}, check=True)
+    assert override.stdout.split() == ["9.0"]
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert 'ARG TORCH_CUDA_ARCH_LIST=""' in dockerfile and "COPY docker/cuda_archs.txt" in dockerfile
+
+
 def test_cuda_toolkit_rejects_a_malformed_flavour():
     out = subprocess.run(["bash", str(DOCKER / "cuda-toolkit.sh"), "cuda12"], capture_output=True, text=True)
-    assert out.returncode == 2 and "cu128" in out.stderr
+    assert out.returncode == 2 and "cu130" in out.stderr
 
 
 # ---- docker/entrypoint.sh -------------------------------------------------------------------------------

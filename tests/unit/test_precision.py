@@ -91,3 +91,54 @@ def test_keyword_and_parameter_only_calls_are_kept_fp32_too(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert module(query=torch.randn(2, 4).bfloat16()).dtype == torch.float32
         assert module().dtype == torch.float32
+
+
+# ---- the CUDA FP16 path, run on the CPU -------------------------------------------------------------------
+# CPU autocast does FP16 too; widening FP16_DEVICE_TYPES to "cpu" (the CUDA-free fake) runs exactly what a
+# CUDA worker with `fp16: true` runs: inference_precision's autocast around the tiny Co-DINO, with the
+# modules and methods DetectorCore.setup keeps in FP32.
+
+def test_fp16_forward_keeps_deformable_attention_and_box_decoding_in_fp32(monkeypatch):
+    import mmcv.ops.multi_scale_deform_attn as msda_module
+    from mmengine.config import Config
+
+    from codetr_serve.models import co_dino_head
+    from codetr_serve.runtime import precision
+    from codetr_serve.runtime.precision import keep_decoding_in_fp32
+    from tests.unit.test_tiny_model import TINY, build, make_inputs, make_samples
+
+    seen: dict[str, list] = {"msda": [], "decode": [], "linear": []}
+    original_msda = msda_module.multi_scale_deformable_attn_pytorch
+    original_decode = co_dino_head.to_image_boxes
+
+    def recording_msda(value, shapes, locations, weights):
+        seen["msda"].append((value.dtype, locations.dtype, torch.is_autocast_enabled("cpu")))
+        return original_msda(value, shapes, locations, weights)
+
+    def recording_decode(boxes, *args, **kwargs):
+        seen["decode"].append((boxes.dtype, torch.is_autocast_enabled("cpu")))
+        return original_decode(boxes, *args, **kwargs)
+
+    monkeypatch.setattr(msda_module, "multi_scale_deformable_attn_pytorch", recording_msda)
+    monkeypatch.setattr(co_dino_head, "to_image_boxes", recording_decode)
+    monkeypatch.setattr(precision, "FP16_DEVICE_TYPES", ("cuda", "cpu"))
+    model = build(Config.fromfile(str(TINY)))
+    model.backbone.register_forward_hook(lambda _m, _i, out: seen["linear"].append(out[0].dtype))
+    assert keep_in_fp32(model, deformable_attention_types()) > 0
+    assert keep_decoding_in_fp32(model) >= 2  # the aux heads (built, unused at test time) have decoders too
+    assert model.query_head._codetr_fp32_layer_outputs and model.query_head._codetr_fp32_predict_by_feat
+    assert keep_decoding_in_fp32(model) == 0  # idempotent
+    with inference_precision("cpu", fp16=True):
+        [result] = model.predict(make_inputs([0]), make_samples([0]), rescale=True)
+    assert seen["linear"] == [torch.float16]  # autocast really was on around the rest of the model
+    assert seen["msda"] and set(seen["msda"]) == {(torch.float32, torch.float32, False)}
+    assert seen["decode"] == [(torch.float32, False)]
+    assert result.pred_instances.bboxes.dtype == torch.float32
+    assert result.pred_instances.scores.dtype == torch.float32
+
+
+def test_fp16_is_not_switched_on_for_cpu_workers():
+    with inference_precision("cpu", fp16=True):
+        assert not torch.is_autocast_enabled("cpu")
+    with inference_precision("cuda:0", fp16=False):  # no CUDA needed: autocast is not entered
+        assert not torch.is_autocast_enabled("cuda")
