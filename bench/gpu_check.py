@@ -234,8 +234,8 @@ def step_torchserve(args, clock: Clock, state: dict, out: dict) -> dict:
                                      ("Java 17", state["preflight"]["java"])) if not ok]
     if missing:
         return {"skipped": f"not measured: {' and '.join(missing)} not on this machine, and the carried "
-                           "64 MiB cannot bring them (the model's Python stack takes 49 MiB of it, xz-packed; "
-                           "a JRE and torchserve 0.12 are ~100 MB more)"}
+                           "64 MiB cannot bring them (the model's Python stack takes 49 MiB of it, "
+                           "xz-packed; a JRE and torchserve 0.12 are ~100 MB more)"}
     return {"skipped": "not measured: TorchServe is installed, but a GPU TorchServe run needs the Swin-L "
                        "model packed into a store first (make archive), which this check does not carry"}
 
