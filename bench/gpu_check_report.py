@@ -36,8 +36,9 @@ def _step_lines(name: str, result: dict) -> list[str]:
                 f"java {result['java']}; present: "
                 + ", ".join(name for name, ok in result["present"].items() if ok), ""]
     if name == "kernels":
-        return [f"**kernels**: mmcv 2.1.0 ms_deform_attn + nms compiled for {result['archs']} in "
-                f"{result['compile_s']} s", ""]
+        stand_in = f"; stand-in: {result['stand_ins']}" if result.get("stand_ins") else ""
+        return [f"**kernels**: mmcv 2.1.0 ms_deform_attn, nms and soft-NMS compiled for {result['archs']} in "
+                f"{result['compile_s']} s{stand_in}", ""]
     if name == "msda":
         lines = ["| deformable attention, 1333x800 encoder shape | ms |", "|---|---|"]
         lines += [f"| {row['path']} | {row['ms']:.3f} |" for row in result["rows"]]

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from codetr_serve.tools.cuda_archs import fatbin_archs
-from codetr_serve.tools.doctor_checks import COMPONENTS, SEVERITY_RANK, Finding, StackFacts, run_checks
+from codetr_serve.tools.doctor_checks import (
+    COMPONENTS,
+    SEVERITY_RANK,
+    Finding,
+    StackFacts,
+    run_checks,
+    same_version,
+)
 
 Facts = MutableMapping[str, Any]
 PROBE_TIMEOUT_S = 30
@@ -280,7 +287,7 @@ def matrix_rows(facts: StackFacts) -> dict[str, str]:
         msda += " (GPU workers use mmcv's CUDA kernel)"
     wants = f" (wants mmcv>={window[0]},<{window[1]})" if (window := facts.mmdet_mmcv_window) else ""
     differing = [name for name, pin in facts.pins.items()
-                 if facts.installed.get(name) and facts.installed[name].split("+", 1)[0] != pin]
+                 if facts.installed.get(name) and not same_version(facts.installed[name], pin)]
     missing = [name for name in facts.pins
                if not facts.installed.get(name) and name not in facts.optional_pins]
     return {

@@ -81,6 +81,11 @@ def version_key(version: str) -> Version:
         return Version("0")
 
 
+def same_version(installed: str, pinned: str) -> bool:
+    """PEP 440 equality without local tags: 13.0.3.0 is the pin 13.0.3, 2.13.0+cu130 is 2.13.0."""
+    return version_key(installed) == version_key(pinned) != Version("0") or installed == pinned
+
+
 def major_minor(version: str | None) -> str | None:
     """'12.1.105' -> '12.1'."""
     match = re.match(r"(\d+)\.(\d+)", version or "")
@@ -315,7 +320,7 @@ def check_pins(facts: StackFacts) -> list[Finding]:
                if facts.installed.get(name) is None and name not in facts.optional_pins]
     for name, pinned in sorted(facts.pins.items()):
         installed = facts.installed.get(name)
-        if installed is not None and installed.split("+", 1)[0] != pinned:
+        if installed is not None and not same_version(installed, pinned):
             findings += _warn(name if name in COMPONENTS else "pins", f"{name} {installed} differs from the "
                               f"pin {pinned}", f"pip install -c {facts.constraints_path} '{name}=={pinned}'")
     if missing:

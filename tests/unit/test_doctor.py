@@ -418,6 +418,14 @@ def test_optional_sections_of_the_constraints() -> None:
     assert "atheris 2.3.0 differs from the pin 3.0.0" in differs.what
 
 
+def test_pins_compare_as_versions_not_strings() -> None:
+    # pip installs cuda-toolkit 13.0.3.0 for the pin 13.0.3 (torch's own spelling): the same version.
+    pins = {**PINS, "cuda-toolkit": "13.0.3"}
+    installed = {**HEALTHY.installed, "cuda-toolkit": "13.0.3.0"}
+    facts = dataclasses.replace(HEALTHY, pins=pins, installed=installed)
+    assert check_pins(facts) == [] and doctor.matrix_rows(facts)["pins"].endswith("0 differ, 0 missing")
+
+
 def test_pin_check_is_quiet_on_a_real_setup_result() -> None:
     # This venv is what `make setup` made (CI: a fresh one): nothing it should hold may be missing or differ.
     out: dict[str, object] = {}
