@@ -252,7 +252,7 @@ def test_gpu_pods_get_one_gpu_and_cpu_pods_none(rendered: dict) -> None:
         pod = workloads(rendered[name])[0][1]
         assert server(pod)["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]) and pod["nodeSelector"]
-        assert server(pod)["image"].endswith(":cu128")
+        assert server(pod)["image"].endswith(":cu130")
     pod = workloads(rendered["overlays/cpu"])[0][1]
     assert "nvidia.com/gpu" not in json.dumps(pod) and server(pod)["image"].endswith(":cpu")
     resources = server(pod)["resources"]
