@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -76,13 +77,20 @@ struct Corners {
   bool valid[4];
 };
 
-// Returns false when the point lies outside the map (then it contributes nothing).
-static inline __attribute__((always_inline)) bool corners(int64_t height, int64_t width, int64_t key_stride,
-                                                          float loc_x, float loc_y, float w_attn, Corners& c) {
+enum class Point { kInside, kOutside, kNonFinite };
+
+// kOutside: the point lies outside the map (it contributes nothing). kNonFinite: its location or attention
+// weight is NaN or infinite; mmcv's CPU path then returns NaN for the whole head (grid_sample's weights
+// become NaN and NaN * 0 stays NaN), and so do we, so a numeric fault upstream stays visible.
+static inline __attribute__((always_inline)) Point corners(int64_t height, int64_t width, int64_t key_stride,
+                                                           float loc_x, float loc_y, float w_attn, Corners& c) {
   const float x = loc_x * static_cast<float>(width) - 0.5f;
   const float y = loc_y * static_cast<float>(height) - 0.5f;
-  // Written so that NaN locations also take the "outside" branch.
-  if (!(y > -1.f && x > -1.f && y < static_cast<float>(height) && x < static_cast<float>(width))) return false;
+  // Written so that NaN locations also fail the "inside" test; the rare failures are then told apart.
+  if (!(y > -1.f && x > -1.f && y < static_cast<float>(height) && x < static_cast<float>(width))) {
+    return std::isfinite(x) && std::isfinite(y) && std::isfinite(w_attn) ? Point::kOutside : Point::kNonFinite;
+  }
+  if (!std::isfinite(w_attn)) return Point::kNonFinite;
   const float y0f = std::floor(y);
   const float x0f = std::floor(x);
   const int64_t y0 = static_cast<int64_t>(y0f);
@@ -105,7 +113,7 @@ static inline __attribute__((always_inline)) bool corners(int64_t height, int64_
   c.offset[1] = base + key_stride;
   c.offset[2] = base + width * key_stride;
   c.offset[3] = base + (width + 1) * key_stride;
-  return true;
+  return Point::kInside;
 }
 
 // The whole kernel for rows [begin, end) of the flattened (batch, query) index.
@@ -136,7 +144,8 @@ static inline __attribute__((always_inline)) void msda_rows(const Problem& pb, i
       for (int64_t i = 0; i < (kDim > 0 ? 0 : dim); ++i) acc_s[i] = 0.f;
 
       const float* value_bh = value_b + h * dim;
-      for (int64_t l = 0; l < levels; ++l) {
+      bool non_finite = false;
+      for (int64_t l = 0; l < levels && !non_finite; ++l) {
         const int64_t height = pb.shapes[2 * l];
         const int64_t width = pb.shapes[2 * l + 1];
         const float* value_l = value_bh + pb.starts[l] * key_stride;
@@ -144,7 +153,12 @@ static inline __attribute__((always_inline)) void msda_rows(const Problem& pb, i
         const float* attn_l = attn_q + (h * levels + l) * points;
         for (int64_t p = 0; p < points; ++p) {
           Corners c;
-          if (!corners(height, width, key_stride, loc_l[2 * p], loc_l[2 * p + 1], attn_l[p], c)) continue;
+          const Point where = corners(height, width, key_stride, loc_l[2 * p], loc_l[2 * p + 1], attn_l[p], c);
+          if (where == Point::kNonFinite) {
+            non_finite = true;
+            break;
+          }
+          if (where == Point::kOutside) continue;
           for (int corner = 0; corner < 4; ++corner) {
             if (!c.valid[corner]) continue;
             const float w = c.w[corner];
@@ -158,7 +172,9 @@ static inline __attribute__((always_inline)) void msda_rows(const Problem& pb, i
         }
       }
       float* out = out_q + h * dim;
-      if constexpr (kDim > 0) {
+      if (non_finite) {
+        for (int64_t i = 0; i < dim; ++i) out[i] = std::numeric_limits<float>::quiet_NaN();
+      } else if constexpr (kDim > 0) {
         for (int k = 0; k < kChunks; ++k) std::memcpy(out + kLanes * k, &acc[k], sizeof(Vec));
       } else {
         std::memcpy(out, acc_s, sizeof(float) * dim);
@@ -289,7 +305,9 @@ at::Tensor msda_forward(const at::Tensor& value, const at::Tensor& spatial_shape
     const int64_t h = shape_ptr[2 * l];
     const int64_t w = shape_ptr[2 * l + 1];
     TORCH_CHECK(h > 0 && w > 0, op, "level ", l, " has an empty shape (", h, ", ", w, ")");
-    TORCH_CHECK(start_ptr[l] >= 0 && start_ptr[l] + h * w <= num_keys, op, "level ", l, " (start ",
+    // h * w <= num_keys - start, written without a product that could wrap around int64.
+    const int64_t start = start_ptr[l];
+    TORCH_CHECK(start >= 0 && start <= num_keys && h <= (num_keys - start) / w, op, "level ", l, " (start ",
                 start_ptr[l], ", ", h, "x", w, ") does not fit in ", num_keys, " keys");
   }
 
