@@ -48,7 +48,11 @@ def library_path() -> Path:
 
 
 def source_digest() -> str:
-    return hashlib.sha256(SOURCE_FILE.read_bytes()).hexdigest()
+    """sha256 over the op's C++ sources (the .cpp and the headers it includes), in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(SOURCE_FILE.parent.glob("*.[ch]*")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -245,14 +249,56 @@ def active_path() -> str:
     return "op" if hasattr(current, _ORIGINAL_ATTR) else "fallback"
 
 
+@dataclass(frozen=True)
+class ServingPath:
+    """Which deformable-attention code a loaded model runs, and what the settings asked for."""
+
+    path: str       # "op" (our compiled CPU op), "fallback" (mmcv's pure-PyTorch code), "mmcv_cuda"
+    requested: str  # the cpu_msda setting: "auto" or "fallback"
+    detail: str
+
+    @property
+    def unexpected(self) -> bool:
+        """True when a CPU worker runs mmcv's slow path although nobody configured it."""
+        return self.path == "fallback" and self.requested == "auto"
+
+
+_requested_mode = "auto"
+_serving: ServingPath | None = None
+
+
+def report_serving_path(device: str | torch.device) -> ServingPath:
+    """Record and log (one line) the path a model just placed on `device` runs; see `serving_path`."""
+    global _serving
+    if torch.device(device).type != "cpu":
+        found = ServingPath("mmcv_cuda", _requested_mode, f"mmcv's kernel for {device}")
+    elif active_path() == "op":
+        found = ServingPath("op", _requested_mode, load_op().describe())
+    else:
+        why = "as configured (cpu_msda: fallback)" if _requested_mode == "fallback" \
+            else f"compiled op {load_op().describe()}"
+        found = ServingPath("fallback", _requested_mode, f"mmcv's pure-PyTorch code, {why}")
+    _serving = found
+    log.log(logging.WARNING if found.unexpected else logging.INFO,
+            "deformable attention path: %s (cpu_msda: %s): %s", found.path, found.requested, found.detail)
+    return found
+
+
+def serving_path() -> ServingPath | None:
+    """What `report_serving_path` last recorded in this process (None before a model was loaded)."""
+    return _serving
+
+
 def configure_cpu_msda(mode: str = "auto") -> str:
     """Route mmcv's CPU deformable attention to our op ("auto") or to mmcv's own code ("fallback").
 
     Idempotent; returns the active path ("op" or "fallback"). "auto" falls back, with one warning, when
     the library is missing or broken.
     """
+    global _requested_mode
     if mode not in MODES:
         raise ValueError(f"cpu_msda must be one of {MODES}, got {mode!r}")
+    _requested_mode = mode
     module = _mmcv_module()
     with _lock:
         original = _original_fallback()
