@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from codetr_serve.ops import fused_attention
+
 log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "codetr_ops"
@@ -273,7 +275,9 @@ def report_serving_path(device: str | torch.device) -> ServingPath:
     if torch.device(device).type != "cpu":
         found = ServingPath("mmcv_cuda", _requested_mode, f"mmcv's kernel for {device}")
     elif active_path() == "op":
-        found = ServingPath("op", _requested_mode, load_op().describe())
+        how = "fused with the location arithmetic" if fused_attention.installed() \
+            else "mmcv's forward around it"
+        found = ServingPath("op", _requested_mode, f"{load_op().describe()}, {how}")
     else:
         why = "as configured (cpu_msda: fallback)" if _requested_mode == "fallback" \
             else f"compiled op {load_op().describe()}"
@@ -289,9 +293,11 @@ def serving_path() -> ServingPath | None:
     return _serving
 
 
-def configure_cpu_msda(mode: str = "auto") -> str:
+def configure_cpu_msda(mode: str = "auto", fused: bool = True) -> str:
     """Route mmcv's CPU deformable attention to our op ("auto") or to mmcv's own code ("fallback").
 
+    With the op, `fused` (the default) also routes MultiScaleDeformableAttention.forward to the fused op
+    (`fused_attention`); False keeps mmcv's forward around the plain op (benchmarks compare the two).
     Idempotent; returns the active path ("op" or "fallback"). "auto" falls back, with one warning, when
     the library is missing or broken.
     """
@@ -304,14 +310,20 @@ def configure_cpu_msda(mode: str = "auto") -> str:
         original = _original_fallback()
     if mode == "fallback":
         module.multi_scale_deformable_attn_pytorch = original
+        fused_attention.uninstall()
         log.info("cpu_msda: fallback: mmcv's pure-PyTorch deformable attention on CPU (as configured)")
         return "fallback"
     status = load_op()
     if not status.available:
         module.multi_scale_deformable_attn_pytorch = original
+        fused_attention.uninstall()
         log.warning("cpu_msda: compiled op %s; CPU deformable attention uses mmcv's slower pure-PyTorch "
                     "path", status.describe())
         return "fallback"
+    if fused:
+        fused_attention.install()
+    else:
+        fused_attention.uninstall()
     if active_path() != "op":
         module.multi_scale_deformable_attn_pytorch = _make_dispatcher(original)
         if status.stale:
