@@ -5,7 +5,8 @@ mmcv's forward builds, between `sampling_offsets`/`attention_weights` and `outpu
 the projected value to zero padded keys even when nothing is padded, and permutes between its sequence-first
 layers and a batch-first kernel. `codetr_ops::msda_fused_forward` reads the linear layers' outputs in the
 layout they have and does the softmax, the location arithmetic (in mmcv's operation order) and the sampling
-per query in one parallel pass, writing the output in the layer's own layout.
+per query in one parallel pass, writing the output in the layer's own layout. Its four linear layers go
+through `onednn_linear.linear` (oneDNN while that is installed).
 
 `install()` swaps the class's forward for a dispatcher: CPU float32 inference in eval mode takes the fused
 path, anything else (CUDA, fp16, training, autograd) runs mmcv's own forward. `uninstall()` restores it.
@@ -15,6 +16,8 @@ path, anything else (CUDA, fp16, training, autograd) runs mmcv's own forward. `u
 from __future__ import annotations
 
 import torch
+
+from codetr_serve.ops.onednn_linear import linear
 
 _ORIGINAL_ATTR = "_codetr_original"
 
@@ -56,13 +59,13 @@ def fused_forward(module, query, value, identity, query_pos, key_padding_mask, r
     identity = query if identity is None else identity
     if query_pos is not None:
         query = query + query_pos
-    value = module.value_proj(value)
+    value = linear(value, module.value_proj)
     if key_padding_mask is not None and bool(key_padding_mask.any()):
         # In place: the projection is our own fresh tensor, and an image without padding skips this pass.
         mask = key_padding_mask if module.batch_first else key_padding_mask.transpose(0, 1)
         value.masked_fill_(mask[..., None], 0.0)
-    offsets = module.sampling_offsets(query)
-    logits = module.attention_weights(query)
+    offsets = linear(query, module.sampling_offsets)
+    logits = linear(query, module.attention_weights)
     if not module.batch_first:  # (num, bs, C) -> batch-major views of the same memory, no copies
         value, offsets, logits = value.transpose(0, 1), offsets.transpose(0, 1), logits.transpose(0, 1)
     spatial_shapes = torch.as_tensor(spatial_shapes, dtype=torch.long)
@@ -71,7 +74,7 @@ def fused_forward(module, query, value, identity, query_pos, key_padding_mask, r
     output = torch.ops.codetr_ops.msda_fused_forward(
         value.unflatten(-1, (module.num_heads, -1)), spatial_shapes, level_start_index, reference_points,
         offsets, logits, module.num_points, not module.batch_first, "auto")
-    return module.dropout(module.output_proj(output)) + identity
+    return module.dropout(linear(output, module.output_proj)) + identity
 
 
 def _make_forward(original):

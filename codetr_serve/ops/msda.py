@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from codetr_serve.ops import fused_attention
+from codetr_serve.ops import fused_attention, onednn_linear
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,7 @@ def report_serving_path(device: str | torch.device) -> ServingPath:
     elif active_path() == "op":
         how = "fused with the location arithmetic" if fused_attention.installed() \
             else "mmcv's forward around it"
+        how += ", oneDNN linear layers" if onednn_linear.installed() else ""
         found = ServingPath("op", _requested_mode, f"{load_op().describe()}, {how}")
     else:
         why = "as configured (cpu_msda: fallback)" if _requested_mode == "fallback" \
@@ -293,11 +294,13 @@ def serving_path() -> ServingPath | None:
     return _serving
 
 
-def configure_cpu_msda(mode: str = "auto", fused: bool = True) -> str:
+def configure_cpu_msda(mode: str = "auto", fused: bool = True, onednn: bool = True) -> str:
     """Route mmcv's CPU deformable attention to our op ("auto") or to mmcv's own code ("fallback").
 
     With the op, `fused` (the default) also routes MultiScaleDeformableAttention.forward to the fused op
     (`fused_attention`); False keeps mmcv's forward around the plain op (benchmarks compare the two).
+    `onednn` (default) runs the transformer's FFNs and attention projections through oneDNN
+    (`onednn_linear`); "fallback" restores every mmcv forward, the reference path.
     Idempotent; returns the active path ("op" or "fallback"). "auto" falls back, with one warning, when
     the library is missing or broken.
     """
@@ -311,12 +314,14 @@ def configure_cpu_msda(mode: str = "auto", fused: bool = True) -> str:
     if mode == "fallback":
         module.multi_scale_deformable_attn_pytorch = original
         fused_attention.uninstall()
+        onednn_linear.uninstall()
         log.info("cpu_msda: fallback: mmcv's pure-PyTorch deformable attention on CPU (as configured)")
         return "fallback"
     status = load_op()
     if not status.available:
         module.multi_scale_deformable_attn_pytorch = original
         fused_attention.uninstall()
+        onednn_linear.uninstall()
         log.warning("cpu_msda: compiled op %s; CPU deformable attention uses mmcv's slower pure-PyTorch "
                     "path", status.describe())
         return "fallback"
@@ -324,6 +329,8 @@ def configure_cpu_msda(mode: str = "auto", fused: bool = True) -> str:
         fused_attention.install()
     else:
         fused_attention.uninstall()
+    if not (onednn and onednn_linear.install()):
+        onednn_linear.uninstall()
     if active_path() != "op":
         module.multi_scale_deformable_attn_pytorch = _make_dispatcher(original)
         if status.stale:
