@@ -9,7 +9,8 @@ per query in one parallel pass, writing the output in the layer's own layout. It
 through `onednn_linear.linear` (oneDNN while that is installed).
 
 `install()` swaps the class's forward for a dispatcher: CPU float32 inference in eval mode takes the fused
-path, anything else (CUDA, fp16, training, autograd) runs mmcv's own forward. `uninstall()` restores it.
+path, anything else (CUDA, fp16, training, autograd, tracing/ONNX export/torch.compile) runs mmcv's own
+forward. `uninstall()` restores it.
 `configure_cpu_msda` in `msda.py` does both together with the function-level dispatch.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from codetr_serve.ops.onednn_linear import linear
+from codetr_serve.ops.onednn_linear import exporting, linear
 
 _ORIGINAL_ATTR = "_codetr_original"
 
@@ -38,7 +39,7 @@ def installed() -> bool:
 
 
 def _fusable(module, query: torch.Tensor, value: torch.Tensor | None, reference_points) -> bool:
-    if module.training or reference_points is None or reference_points.dim() != 4:
+    if module.training or exporting() or reference_points is None or reference_points.dim() != 4:
         return False
     if reference_points.shape[2] != module.num_levels or reference_points.shape[3] not in (2, 4):
         return False

@@ -225,8 +225,8 @@ def _original_fallback():
 
 def _use_op(value: torch.Tensor, sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> bool:
     tensors = (value, sampling_locations, attention_weights)
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
-        return False
+    if onednn_linear.exporting() or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return False  # exporters and compilers get mmcv's plain graph
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 

@@ -34,7 +34,14 @@ def linear(x: torch.Tensor, layer: nn.Linear, relu: bool = False) -> torch.Tenso
     return out.relu_() if relu else out
 
 
+def exporting() -> bool:
+    """Tracing, ONNX export or torch.compile: exporters and compilers must see mmcv's plain graph."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def _plain_cpu_float(x: torch.Tensor, layer: nn.Module) -> bool:
+    if exporting():
+        return False
     tensors = (x, *layer.parameters())
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
         return False

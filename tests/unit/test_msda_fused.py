@@ -175,3 +175,24 @@ def test_training_and_autograd_keep_mmcv_forward():
     assert not fused_attention.installed() and msda.active_path() == "op"
     msda.configure_cpu_msda("fallback")
     assert not fused_attention.installed()
+
+
+def test_tracing_for_export_sees_mmcv_graph_not_our_ops():
+    """ONNX export and torch.jit tracing must not capture codetr_ops or oneDNN-only calls."""
+    module, inputs = module_and_inputs(False, 2, False)
+    msda.configure_cpu_msda("auto")
+    kwargs = {k: v for k, v in inputs.items() if k != "query"}
+
+    class Call(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = module
+
+        def forward(self, query):
+            return self.attention(query, **kwargs)
+
+    with torch.no_grad():
+        traced = torch.jit.trace(Call(), (inputs["query"],), check_trace=False)
+    graph = str(traced.inlined_graph)
+    assert "codetr_ops" not in graph and "mkldnn::_linear_pointwise" not in graph
+    assert "grid_sampler" in graph  # mmcv's own path was traced
