@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from codetr_serve.ops import fused_attention, onednn_linear
+
 log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "codetr_ops"
@@ -48,7 +50,11 @@ def library_path() -> Path:
 
 
 def source_digest() -> str:
-    return hashlib.sha256(SOURCE_FILE.read_bytes()).hexdigest()
+    """sha256 over the op's C++ sources (the .cpp and the headers it includes), in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(SOURCE_FILE.parent.glob("*.[ch]*")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -128,20 +134,29 @@ def _read_build_info(directory: Path) -> dict:
         return {}
 
 
+# (head_dim, heads) of the self-check problems: 8 runs the generic loop, 32 the unrolled vector loop that
+# Co-DINO's 256 channels / 8 heads use.
+SELF_CHECK_HEADS = ((8, 2), (32, 8))
+
+
 def _self_check() -> None:
-    """A few milliseconds: the op must agree with mmcv's formula on a small random problem."""
+    """A few milliseconds: on every kernel this CPU has, the op must agree with mmcv's formula on small random
+    problems with a generic head size and Co-DINO's (32)."""
     generator = torch.Generator().manual_seed(0)
     shapes = torch.tensor([[5, 3], [2, 2]], dtype=torch.long)
     starts = torch.tensor([0, 15], dtype=torch.long)
-    value = torch.randn(2, 19, 2, 8, generator=generator)
-    locations = torch.rand(2, 7, 2, 2, 3, 2, generator=generator) * 1.4 - 0.2
-    weights = torch.rand(2, 7, 2, 2, 3, generator=generator)
-    with torch.no_grad():
-        ours = torch.ops.codetr_ops.msda_forward(value, shapes, starts, locations, weights)
+    for dim, heads in SELF_CHECK_HEADS:
+        value = torch.randn(2, 19, heads, dim, generator=generator)
+        locations = torch.rand(2, 7, heads, 2, 3, 2, generator=generator) * 1.4 - 0.2
+        weights = torch.rand(2, 7, heads, 2, 3, generator=generator)
         reference = reference_msda(value.double(), shapes, locations.double(), weights.double()).float()
-    if not torch.allclose(ours, reference, atol=1e-4, rtol=1e-4):
-        error = (ours - reference).abs().max().item()
-        raise RuntimeError(f"max abs difference {error:.3g} from the reference")
+        for isa in torch.ops.codetr_ops.msda_isas():
+            with torch.no_grad():
+                ours = torch.ops.codetr_ops.msda_forward(value, shapes, starts, locations, weights, isa)
+            if not torch.allclose(ours, reference, atol=1e-4, rtol=1e-4):
+                error = (ours - reference).abs().max().item()
+                raise RuntimeError(f"head_dim {dim}, {isa} kernel: max abs difference {error:.3g} "
+                                   "from the reference")
 
 
 def reference_msda(value: torch.Tensor, spatial_shapes: torch.Tensor, sampling_locations: torch.Tensor,
@@ -210,8 +225,8 @@ def _original_fallback():
 
 def _use_op(value: torch.Tensor, sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> bool:
     tensors = (value, sampling_locations, attention_weights)
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
-        return False
+    if onednn_linear.exporting() or any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
+        return False  # exporters and compilers get mmcv's plain graph
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
@@ -236,27 +251,86 @@ def active_path() -> str:
     return "op" if hasattr(current, _ORIGINAL_ATTR) else "fallback"
 
 
-def configure_cpu_msda(mode: str = "auto") -> str:
+@dataclass(frozen=True)
+class ServingPath:
+    """Which deformable-attention code a loaded model runs, and what the settings asked for."""
+
+    path: str       # "op" (our compiled CPU op), "fallback" (mmcv's pure-PyTorch code), "mmcv_cuda"
+    requested: str  # the cpu_msda setting: "auto" or "fallback"
+    detail: str
+
+    @property
+    def unexpected(self) -> bool:
+        """True when a CPU worker runs mmcv's slow path although nobody configured it."""
+        return self.path == "fallback" and self.requested == "auto"
+
+
+_requested_mode = "auto"
+_serving: ServingPath | None = None
+
+
+def report_serving_path(device: str | torch.device) -> ServingPath:
+    """Record and log (one line) the path a model just placed on `device` runs; see `serving_path`."""
+    global _serving
+    if torch.device(device).type != "cpu":
+        found = ServingPath("mmcv_cuda", _requested_mode, f"mmcv's kernel for {device}")
+    elif active_path() == "op":
+        how = "fused with the location arithmetic" if fused_attention.installed() \
+            else "mmcv's forward around it"
+        how += ", oneDNN linear layers" if onednn_linear.installed() else ""
+        found = ServingPath("op", _requested_mode, f"{load_op().describe()}, {how}")
+    else:
+        why = "as configured (cpu_msda: fallback)" if _requested_mode == "fallback" \
+            else f"compiled op {load_op().describe()}"
+        found = ServingPath("fallback", _requested_mode, f"mmcv's pure-PyTorch code, {why}")
+    _serving = found
+    log.log(logging.WARNING if found.unexpected else logging.INFO,
+            "deformable attention path: %s (cpu_msda: %s): %s", found.path, found.requested, found.detail)
+    return found
+
+
+def serving_path() -> ServingPath | None:
+    """What `report_serving_path` last recorded in this process (None before a model was loaded)."""
+    return _serving
+
+
+def configure_cpu_msda(mode: str = "auto", fused: bool = True, onednn: bool = True) -> str:
     """Route mmcv's CPU deformable attention to our op ("auto") or to mmcv's own code ("fallback").
 
+    With the op, `fused` (the default) also routes MultiScaleDeformableAttention.forward to the fused op
+    (`fused_attention`); False keeps mmcv's forward around the plain op (benchmarks compare the two).
+    `onednn` (default) runs the transformer's FFNs and attention projections through oneDNN
+    (`onednn_linear`); "fallback" restores every mmcv forward, the reference path.
     Idempotent; returns the active path ("op" or "fallback"). "auto" falls back, with one warning, when
     the library is missing or broken.
     """
+    global _requested_mode
     if mode not in MODES:
         raise ValueError(f"cpu_msda must be one of {MODES}, got {mode!r}")
+    _requested_mode = mode
     module = _mmcv_module()
     with _lock:
         original = _original_fallback()
     if mode == "fallback":
         module.multi_scale_deformable_attn_pytorch = original
+        fused_attention.uninstall()
+        onednn_linear.uninstall()
         log.info("cpu_msda: fallback: mmcv's pure-PyTorch deformable attention on CPU (as configured)")
         return "fallback"
     status = load_op()
     if not status.available:
         module.multi_scale_deformable_attn_pytorch = original
+        fused_attention.uninstall()
+        onednn_linear.uninstall()
         log.warning("cpu_msda: compiled op %s; CPU deformable attention uses mmcv's slower pure-PyTorch "
                     "path", status.describe())
         return "fallback"
+    if fused:
+        fused_attention.install()
+    else:
+        fused_attention.uninstall()
+    if not (onednn and onednn_linear.install()):
+        onednn_linear.uninstall()
     if active_path() != "op":
         module.multi_scale_deformable_attn_pytorch = _make_dispatcher(original)
         if status.stale:

@@ -19,6 +19,7 @@ from typing import Literal
 
 import psutil
 
+from codetr_serve.ops.msda import serving_path
 from codetr_serve.runtime.batch import BatchStats
 
 MetricKind = Literal["counter", "gauge"]
@@ -80,6 +81,9 @@ SCALARS: dict[str, tuple[str, MetricKind, tuple[str, ...]]] = {
     "CoDetrRejectedInputs": ("count", "counter", ("Reason",)),
     "CoDetrConfiguredBatchSize": ("count", "gauge", ()),
     "CoDetrWorkerMemoryBytes": ("B", "gauge", ("WorkerPid",)),
+    # 1 for the deformable-attention code this worker runs: Path op | fallback | mmcv_cuda, Requested = the
+    # cpu_msda setting. Path="fallback" with Requested="auto" means the compiled op failed to load.
+    "CoDetrDeformableAttentionPath": ("count", "gauge", ("Path", "Requested")),
 }
 
 
@@ -130,6 +134,12 @@ def batch_metrics(stats: BatchStats, configured_batch_size: int) -> list[MetricP
 
 
 def worker_metrics() -> list[MetricPoint]:
-    """This worker's resident memory; TorchServe 0.12 exports only the host's in Prometheus mode."""
+    """This worker's resident memory (TorchServe 0.12 exports only the host's in Prometheus mode) and the
+    deformable-attention path its model runs."""
     pid = os.getpid()
-    return [_point("CoDetrWorkerMemoryBytes", psutil.Process(pid).memory_info().rss, WorkerPid=str(pid))]
+    points = [_point("CoDetrWorkerMemoryBytes", psutil.Process(pid).memory_info().rss, WorkerPid=str(pid))]
+    attention = serving_path()
+    if attention is not None:
+        points.append(_point("CoDetrDeformableAttentionPath", 1, Path=attention.path,
+                             Requested=attention.requested))
+    return points

@@ -229,6 +229,63 @@ def test_bad_inputs_are_refused_with_a_reason(built_op):
         op(value, spatial, starts, locations, weights, "sse9")
 
 
+def test_level_bounds_check_cannot_be_fooled_by_a_wrapping_product(built_op):
+    """start + h*w computed in int64 wraps for huge shapes (2**62 x 4 -> 0): the op must still refuse it."""
+    value = torch.randn(1, 10, 2, 8)
+    locations = torch.full((1, 3, 2, 1, 2, 2), -5.0)  # outside: a wrongly accepted level reads nothing
+    weights = torch.rand(1, 3, 2, 1, 2)
+    op = torch.ops.codetr_ops.msda_forward
+    for shape, start in (((2**62, 4), 0), ((2**32, 2**32), 0), ((3, 3), 2**63 - 5), ((1, 1), 10)):
+        with pytest.raises(RuntimeError, match="does not fit"):
+            op(value, torch.tensor([shape]), torch.tensor([start]), locations, weights)
+    assert op(value, torch.tensor([[3, 3]]), torch.tensor([1]), locations, weights).abs().max() == 0
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_non_finite_locations_and_weights_are_not_finite_like_mmcv(built_op, isa):
+    """mmcv's CPU path turns a NaN/inf location or weight into NaN for that head (grid_sample's weights
+    go NaN); returning 0 there would hide a numeric fault upstream."""
+    needs_isa(isa)
+    shapes = LEVEL_SHAPES["odd_4_levels"]
+    value, spatial, locations, weights = problem(shapes, queries=12)
+    bad = [(0, 0, 0, 0, 0, 0, float("nan")), (0, 3, 7, 3, 3, 1, float("inf")),
+           (1, 5, 2, 1, 0, 0, -float("inf")), (1, 6, 4, 2, 2, 1, float("nan"))]
+    for b, q, h, level, point, axis, number in bad:
+        locations[b, q, h, level, point, axis] = number
+    locations[1, 6, 4, 2, 2, 0] = 5.0  # outside on x and NaN on y: still NaN
+    weights[0, 9, 1, 0, 0] = float("nan")
+    weights[1, 10, 3, 2, 1] = float("inf")
+    locations[0, 9, 1, 0, 0] = 3.0  # that NaN weight sits on a point outside the map
+    with torch.inference_mode():
+        ours = run_op(value, spatial, locations, weights, isa=isa).view(2, 12, 8, 32)
+        theirs = mmcv_fallback()(value, spatial, locations, weights).view(2, 12, 8, 32)
+    heads_bad = ~theirs.isfinite().all(-1)
+    assert heads_bad.sum() == 6  # the six poisoned (batch, query, head) cells, nothing else
+    assert torch.equal(~ours.isfinite().all(-1), heads_bad)
+    assert torch.equal(ours.isnan().all(-1), heads_bad)  # NaN through the whole head
+    assert_close(ours[~heads_bad], theirs[~heads_bad], "finite heads")
+
+
+def test_load_time_self_check_covers_co_dino_head_size_on_every_kernel(built_op, monkeypatch):
+    """A kernel that is wrong only on the unrolled head_dim-32 path (Co-DINO's) must fail the self-check."""
+    real = torch.ops.codetr_ops.msda_forward
+    calls = []
+
+    def wrong_at_32(value, shapes, starts, locations, weights, isa="auto"):
+        calls.append((int(value.shape[-1]), isa))
+        out = real(value, shapes, starts, locations, weights, isa)
+        return out + 1.0 if value.shape[-1] == 32 else out
+
+    monkeypatch.setattr(torch.ops.codetr_ops, "msda_forward", wrong_at_32)
+    with pytest.raises(RuntimeError, match="head_dim 32"):
+        msda._self_check()
+    monkeypatch.setattr(torch.ops.codetr_ops, "msda_forward", lambda *a: (calls.append(
+        (int(a[0].shape[-1]), a[5] if len(a) > 5 else "auto")), real(*a))[1])
+    calls.clear()
+    msda._self_check()
+    assert {(32, isa) for isa in torch.ops.codetr_ops.msda_isas()} <= set(calls)
+
+
 def test_forward_only_refuses_autograd_and_the_dispatcher_leaves_training_to_mmcv(built_op,
                                                                                   restore_dispatch):
     shapes = LEVEL_SHAPES["odd_4_levels"]
@@ -276,7 +333,8 @@ def test_dispatcher_picks_our_op_on_cpu_and_fallback_forces_mmcv(built_op, resto
     expected, names = profiled_ops(module, inputs)
     assert "aten::grid_sampler_2d" in names and "codetr_ops::msda_forward" not in names
 
-    assert msda.configure_cpu_msda("auto") == "op" and msda.active_path() == "op"
+    # fused=False: mmcv's module forward around the plain op (the fused forward has its own tests)
+    assert msda.configure_cpu_msda("auto", fused=False) == "op" and msda.active_path() == "op"
     ours, names = profiled_ops(module, inputs)
     assert "codetr_ops::msda_forward" in names and "aten::grid_sampler_2d" not in names
     torch.testing.assert_close(ours, expected, atol=ATOL, rtol=RTOL)
@@ -379,7 +437,8 @@ def test_tiny_model_detections_unchanged_with_the_op(built_op, restore_dispatch)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         ours = tiny_model_predictions(model)
     calls = {e.key: e.count for e in prof.key_averages()}
-    assert calls.get("codetr_ops::msda_forward", 0) >= 2  # encoder and decoder layers used the op
+    # encoder and decoder layers used the op (fused with mmcv's forward by default)
+    assert calls.get("codetr_ops::msda_fused_forward", 0) + calls.get("codetr_ops::msda_forward", 0) >= 2
     assert "aten::grid_sampler_2d" not in calls
     assert_same_detections(ours, reference)
 
