@@ -101,6 +101,9 @@ MEANING: dict[str, str] = {
                             "code of the reply",
     "CoDetrConfiguredBatchSize": "batchSize from model-config.yaml, to compare the mean batch with",
     "CoDetrWorkerMemoryBytes": "each worker's resident memory after its last batch",
+    "CoDetrDeformableAttentionPath": "1 for the deformable-attention code the worker runs: Path op (compiled "
+                                     "CPU op), fallback (mmcv's pure-PyTorch code) or mmcv_cuda; Requested "
+                                     "is the cpu_msda setting. Alert on Path=fallback with Requested=auto",
 }
 
 
