@@ -71,9 +71,12 @@ BENCH_ARGS ?=
 bench: $(ENV_STAMP)  ## benchmark TorchServe serving on loopback and write bench/results/<timestamp>/report.md
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-.PHONY: bench-msda bench-decode
+.PHONY: bench-msda bench-decode bench-onnx
 bench-msda: $(ENV_STAMP)  ## CPU deformable attention: compiled op vs mmcv fallback, op level + R50 forward (~6 min)
 	$(PY) -m bench.msda $(BENCH_ARGS)
+
+bench-onnx: $(ENV_STAMP)  ## ONNX Runtime CPU vs PyTorch (compiled op), Co-DINO R50 at 1333x800, 2 threads, ABBA (~15 min)
+	$(PY) -m bench.onnx $(BENCH_ARGS)
 
 bench-decode: $(ENV_STAMP)  ## a batch of 8 1920x1080 JPEGs decoded serially vs in parallel
 	$(PY) -m bench.decode $(BENCH_ARGS)

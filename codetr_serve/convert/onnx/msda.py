@@ -112,7 +112,8 @@ class ExportMSDA(nn.Module):
         self.value_proj = source.value_proj
         self.output_proj = source.output_proj
         self.dropout = source.dropout
-        self.num_heads, self.num_levels, self.num_points = source.num_heads, source.num_levels, source.num_points
+        self.num_heads, self.num_levels = source.num_heads, source.num_levels
+        self.num_points = source.num_points
         self.batch_first = source.batch_first
         self.levels = levels
         self.kernel = kernel
@@ -146,7 +147,8 @@ class ExportMSDA(nn.Module):
     def _locations(self, reference_points: Tensor, offsets: Tensor, spatial_shapes: Tensor) -> Tensor:
         if reference_points.shape[-1] == 2:
             normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
-            return reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            normalizer = normalizer[None, None, None, :, None, :]
+            return reference_points[:, :, None, :, None, :] + offsets / normalizer
         return (reference_points[:, :, None, :, None, :2]
                 + offsets / self.num_points * reference_points[:, :, None, :, None, 2:] * 0.5)
 

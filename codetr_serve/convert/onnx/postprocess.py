@@ -56,7 +56,8 @@ def _decay(iou: Tensor, method: str, iou_threshold: float, sigma: float) -> Tens
     raise ValueError(f"soft_nms method must be linear, gaussian or naive, got {method!r}")
 
 
-def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, alive: Tensor, nms_cfg: dict) -> tuple[Tensor, ...]:
+def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, alive: Tensor,
+             nms_cfg: dict) -> tuple[Tensor, ...]:
     """Class-aware soft-NMS of (B, K) candidates in K fixed steps.
 
     Returns ``(order (B, K) index into the candidates, scores (B, K) decayed, selected (B, K) bool)`` in
