@@ -1,10 +1,10 @@
 """ONNX export of Co-DINO (tiny config, random weights): the graph's detections equal the PyTorch model's.
 
-One export per module (the slow part, ~30-60 s), then ONNX Runtime on CPU for landscape and portrait
-canvases at batch 1 and 2, matched order-free with tight tolerances (codetr_serve/convert/onnx/parity.py).
-A copy of the file with one weight nudged by 1 % must fail the same check. The TensorRT form is checked at
-the level of one attention module: the plugin node's name, attributes and input types, and its output when
-the node is computed as NVIDIA documents the plugin.
+One export per module (the slow part: ~50 s of CPU time, 2-3 min on our shared 2 cores), then ONNX Runtime on
+CPU for landscape and portrait canvases at batch 1 and 2, matched order-free with tight tolerances
+(codetr_serve/convert/onnx/parity.py). A copy of the file with one attention or classifier weight nudged by
+1 % must fail the same check. The TensorRT form is checked at the level of one attention module: the plugin
+node's name, attributes and input types, and its output when the node is computed as NVIDIA documents it.
 """
 
 from __future__ import annotations
@@ -61,9 +61,14 @@ def test_detections_equal_pytorch(detector: torch.nn.Module, exported: Path, cas
     assert all(count > 0 for count in report.cases[0].counts[0]), "a case without detections proves nothing"
 
 
-def test_a_wrong_weight_fails_parity(detector: torch.nn.Module, exported: Path, tmp_path: Path) -> None:
+# Not a backbone weight: with frozen BN at its initial statistics the backbone is positively homogeneous and
+# the neck's GroupNorm divides a 1 % scale away again (measured: parity still holds, as it should).
+@pytest.mark.parametrize("weight", ["encoder.layers.0.attentions.0.sampling_offsets.bias",
+                                    "query_head.cls_branches.0.bias"])
+def test_a_wrong_weight_fails_parity(detector: torch.nn.Module, exported: Path, tmp_path: Path,
+                                     weight: str) -> None:
     model = onnx.load(str(exported))
-    target = next(i for i in model.graph.initializer if "sampling_offsets.weight" in i.name)
+    target = next(i for i in model.graph.initializer if i.name.endswith(weight))
     weights = onnx.numpy_helper.to_array(target) * 1.01
     target.CopyFrom(onnx.numpy_helper.from_array(weights.astype(np.float32), target.name))
     wrong = tmp_path / "wrong.onnx"

@@ -89,14 +89,34 @@ def trt_translation(plugin_version: str) -> dict:
     """The dynamo exporter's translation of :func:`trt_msda` into the TensorRT plugin node."""
     import onnxscript
 
-    trt = onnxscript.values.Opset(TRT_PLUGIN_DOMAIN, 1)
+    opset = onnxscript.values.Opset(TRT_PLUGIN_DOMAIN, 1)
+    plugin = onnxscript.values.Op(opset, TRT_PLUGIN_NAME, _plugin_schema())
 
     def plugin_node(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-        return getattr(trt, TRT_PLUGIN_NAME)(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-            plugin_version=plugin_version, plugin_namespace="")
+        return plugin(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                      plugin_version=plugin_version, plugin_namespace="")
 
     return {torch.ops.codetr_export.trt_msda.default: plugin_node}
+
+
+def _plugin_schema():
+    """An ONNX schema for the plugin node (onnxscript builds nodes from schemas); registered once."""
+    from onnx import defs
+
+    if defs.has(TRT_PLUGIN_NAME, TRT_PLUGIN_DOMAIN):
+        return defs.get_schema(TRT_PLUGIN_NAME, 1, TRT_PLUGIN_DOMAIN)
+    param = defs.OpSchema.FormalParameter
+    names = ("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights")
+    types = ("T", "I", "I", "T", "T")
+    schema = defs.OpSchema(
+        TRT_PLUGIN_NAME, TRT_PLUGIN_DOMAIN, 1, doc="TensorRT multi-scale deformable attention plugin",
+        inputs=[param(name, kind) for name, kind in zip(names, types, strict=True)],
+        outputs=[param("output", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], ""), ("I", ["tensor(int32)"], "")],
+        attributes=[defs.OpSchema.Attribute(name, defs.OpSchema.AttrType.STRING, "")
+                    for name in ("plugin_version", "plugin_namespace")])
+    defs.register_schema(schema)
+    return schema
 
 
 class ExportMSDA(nn.Module):
