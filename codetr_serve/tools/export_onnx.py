@@ -26,11 +26,16 @@ log = logging.getLogger("export_onnx")
 
 def load_detector(config: Path, checkpoint: Path | None, seed: int = 0) -> torch.nn.Module:
     """The CoDETR the config builds, with the checkpoint's weights (read safely) or seeded random ones."""
-    from codetr_serve.runtime.model_loader import build_detector, load_config
+    from mmdet.registry import MODELS
+
+    from codetr_serve.runtime.model_loader import load_config
 
     cfg = load_config(config)
-    detector = build_detector(cfg, None, "cpu", seed=seed).model
-    if checkpoint is not None:
+    torch.manual_seed(seed)  # the same random weights as build_detector(cfg, None, ..., seed) serves
+    detector = MODELS.build(cfg.model)
+    if checkpoint is None:
+        log.warning("no --checkpoint: exporting seeded RANDOM weights (seed %d)", seed)
+    else:
         from codetr_serve.convert.checkpoint import read_checkpoint
         from codetr_serve.runtime.weights import apply_state_dict
 

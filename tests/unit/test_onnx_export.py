@@ -1,10 +1,11 @@
 """ONNX export of Co-DINO (tiny config, random weights): the graph's detections equal the PyTorch model's.
 
-One export per module (the slow part: ~50 s of CPU time, 2-3 min on our shared 2 cores), then ONNX Runtime on
-CPU for landscape and portrait canvases at batch 1 and 2, matched order-free with tight tolerances
-(codetr_serve/convert/onnx/parity.py). A copy of the file with one attention or classifier weight nudged by
-1 % must fail the same check. The TensorRT form is checked at the level of one attention module: the plugin
-node's name, attributes and input types, and its output when the node is computed as NVIDIA documents it.
+One export per module (the slow part; the whole file: 79 s on 2 cores, 5-6 min when 7 agents share
+them), then ONNX Runtime on CPU for landscape and portrait canvases at batch 1 and 2, matched order-free
+with tight tolerances (codetr_serve/convert/onnx/parity.py). A copy of the file with one attention or
+classifier weight nudged by 1 % must fail the same check. The TensorRT form is checked at the level of one
+attention module: the plugin node's name, attributes and input types, and its output when the node is
+computed as NVIDIA documents it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def test_graph_is_standard_onnx_with_dynamic_batch_and_size(exported: Path) -> N
     assert {o.domain: o.version for o in model.opset_import}[""] == DEFAULT_OPSET
     images = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param != "" for d in images] == [True, False, True, True]  # batch, 3, height, width
+    boxes = model.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in boxes[1:]] == [100, 4], "K must be the config's max_per_img, static"
     ops = {(node.domain, node.op_type) for node in model.graph.node}
     assert {domain for domain, _ in ops} <= {"", "ai.onnx"}, "the GridSample form must need no custom op"
     assert {("", "GridSample"), ("", "Scan"), ("", "TopK")} <= ops

@@ -112,4 +112,4 @@ class CoDinoGraph(nn.Module):
         last = states.shape[0] - 1
         cls_logits, boxes = head.layer_outputs(last, states[last].transpose(0, 1), references[last])
         return detections(cls_logits, boxes, img_shapes, scale_factors, head.num_classes, head.use_sigmoid,
-                          self.test_cfg)
+                          self.test_cfg, head.num_query)

@@ -106,10 +106,14 @@ def _soft_nms_step(carry: tuple, decay: tuple) -> tuple:
 
 
 def detections(cls_logits: Tensor, boxes: Tensor, img_shapes: Tensor, scale_factors: Tensor,
-               num_classes: int, use_sigmoid: bool, test_cfg: dict) -> tuple[Tensor, ...]:
-    """``(boxes (B, K, 4), scores (B, K), labels (B, K), num_detections (B,))`` of the last decoder layer."""
-    count = min(int(test_cfg.get("max_per_img", cls_logits.shape[1])), cls_logits.shape[1] * num_classes
-                if use_sigmoid else cls_logits.shape[1])
+               num_classes: int, use_sigmoid: bool, test_cfg: dict, num_queries: int) -> tuple[Tensor, ...]:
+    """``(boxes (B, K, 4), scores (B, K), labels (B, K), num_detections (B,))`` of the last decoder layer.
+
+    K is computed from the configured ``num_queries`` rather than ``cls_logits.shape[1]`` (which is
+    ``min(num_queries, tokens)`` and symbolic under export), so the graph's outputs have a static K.
+    """
+    pairs = num_queries * num_classes if use_sigmoid else num_queries
+    count = min(int(test_cfg.get("max_per_img", pairs)), pairs)
     scores, labels, query_index = top_pairs(cls_logits, count, num_classes, use_sigmoid)
     picked = boxes.gather(1, query_index[..., None].expand(-1, -1, 4))
     pixels = image_boxes(picked, img_shapes, scale_factors)
