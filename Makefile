@@ -75,7 +75,7 @@ bench: $(ENV_STAMP)  ## benchmark TorchServe serving on loopback and write bench
 bench-msda: $(ENV_STAMP)  ## CPU deformable attention: compiled op vs mmcv fallback, op level + R50 forward (~6 min)
 	$(PY) -m bench.msda $(BENCH_ARGS)
 
-bench-onnx: $(ENV_STAMP)  ## ONNX Runtime CPU vs PyTorch (compiled op), Co-DINO R50 at 1333x800, 2 threads, ABBA (~15 min)
+bench-onnx: $(ENV_STAMP)  ## ONNX Runtime CPU vs PyTorch (compiled op), Co-DINO R50 at 1333x800, 2 threads, ABBA (export + 4 forwards, ~15 min)
 	$(PY) -m bench.onnx $(BENCH_ARGS)
 
 bench-decode: $(ENV_STAMP)  ## a batch of 8 1920x1080 JPEGs decoded serially vs in parallel
