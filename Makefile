@@ -75,12 +75,15 @@ BENCH_ARGS ?=
 bench: $(ENV_STAMP)  ## benchmark TorchServe serving on loopback and write bench/results/<timestamp>/report.md
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-.PHONY: bench-msda bench-cpu bench-decode
+.PHONY: bench-msda bench-cpu bench-decode bench-onnx
 bench-msda: $(ENV_STAMP)  ## CPU deformable attention: compiled op vs mmcv fallback, op level + R50 forward (~6 min)
 	$(PY) -m bench.msda $(BENCH_ARGS)
 
 bench-cpu: $(ENV_STAMP)  ## R50 + Swin-L CPU forwards: fast path vs op-only vs mmcv's, A B B A in one process each (~15-30 min)
 	$(PY) -m bench.cpu $(BENCH_ARGS)
+
+bench-onnx: $(ENV_STAMP)  ## ONNX Runtime CPU vs PyTorch (compiled op), Co-DINO R50 at 1333x800, 2 threads, ABBA (export + 4 forwards, ~15 min)
+	$(PY) -m bench.onnx $(BENCH_ARGS)
 
 bench-decode: $(ENV_STAMP)  ## a batch of 8 1920x1080 JPEGs decoded serially vs in parallel
 	$(PY) -m bench.decode $(BENCH_ARGS)
