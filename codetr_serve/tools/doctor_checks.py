@@ -230,7 +230,8 @@ def check_cpu_msda(facts: StackFacts) -> list[Finding]:
     fix = "python -m codetr_serve.tools.build_ops  (part of make setup; needs a C++ compiler)"
     if facts.cpu_msda_path == "fallback" and not facts.cuda_available:
         return _warn("cpu msda", f"CPU deformable attention runs on mmcv's pure-PyTorch fallback "
-                     f"({facts.cpu_msda_detail}): CPU forwards are about 2.5x slower", fix)
+                     f"({facts.cpu_msda_detail}): CPU forwards are several times slower (docs/tuning.md, "
+                     "CPU speed)", fix)
     if facts.cpu_msda_path == "op" and facts.cpu_msda_stale:
         return _warn("cpu msda", f"the compiled op is older than its source: {facts.cpu_msda_detail}", fix)
     return []
