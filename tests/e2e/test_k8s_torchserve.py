@@ -27,14 +27,13 @@ import requests
 
 from codetr_serve.tools.local_torchserve import free_ports
 from tests.conftest import REPO, TINY_CONFIG, encode_image
-from tests.e2e.conftest import run_archive
+from tests.e2e.conftest import VENV_BIN, run_archive
 
 pytestmark = pytest.mark.e2e
 
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 HEALTHCHECK = REPO / "docker" / "healthcheck.py"
 DRAIN = REPO / "k8s" / "hooks" / "drain.py"
-VENV_BIN = Path(sys.executable).parent
 MODEL_CONFIG = """\
 minWorkers: 1
 maxWorkers: 1
