@@ -3,11 +3,13 @@
 On CPU, `F.linear` goes to MKL's sgemm, which on the AMD EPYC of our machines ran the encoder's FFN shape
 (89,023 x 256 -> 2048) about 1.45x slower than oneDNN's matmul (`python -m bench.cpu` measures it; both are
 FP32, results differ by summation order only). The linear layers are about half of a Co-DINO CPU forward.
-oneDNN's primitive also applies the FFN's ReLU in the same pass over the hidden activations.
+oneDNN's primitive also applies the FFN's activation (ReLU in the transformer, exact GELU in the Swin
+backbone) in the same pass over the hidden activations.
 
-`install()` swaps mmcv's FFN.forward for a dispatcher (CPU float32 inference of a two-layer ReLU FFN in eval
-mode -> oneDNN, anything else -> mmcv's own forward) and makes `linear()` use oneDNN; `uninstall()` restores
-both. `configure_cpu_msda` in `msda.py` drives it together with the deformable-attention op.
+`install()` swaps mmcv's FFN.forward for a dispatcher (CPU float32 inference of a two-layer ReLU or GELU
+FFN in eval mode -> oneDNN, anything else -> mmcv's own forward) and makes `linear()` use oneDNN;
+`uninstall()` restores both. `configure_cpu_msda` in `msda.py` drives it together with the
+deformable-attention op.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ def supported() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def linear(x: torch.Tensor, layer: nn.Linear, relu: bool = False) -> torch.Tensor:
-    """`layer(x)` (then ReLU when `relu`), through oneDNN while installed and the inputs allow it."""
+def linear(x: torch.Tensor, layer: nn.Linear, relu: bool = False, activation: str = "none") -> torch.Tensor:
+    """`layer(x)`, then `activation` ("none", "relu" or "gelu": exact, erf-based; `relu=True` is "relu"),
+    through oneDNN while installed and the inputs allow it."""
+    activation = "relu" if relu else activation
     if _enabled and _plain_cpu_float(x, layer):
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "relu" if relu else "none",
-                                                  [], "")
+        # oneDNN's GELU post-op takes its algorithm as the last argument: "none" is the exact (erf) form.
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, activation, [],
+                                                  "none" if activation == "gelu" else "")
     out = F.linear(x, layer.weight, layer.bias)
-    return out.relu_() if relu else out
+    return {"relu": F.relu, "gelu": F.gelu}.get(activation, lambda t: t)(out)
 
 
 def exporting() -> bool:
@@ -48,16 +53,22 @@ def _plain_cpu_float(x: torch.Tensor, layer: nn.Module) -> bool:
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def _ffn_layers(ffn) -> tuple[nn.Linear, nn.Linear] | None:
-    """(first, second) linear of mmcv's FFN when it is Linear-ReLU-Dropout, Linear, Dropout; else None."""
+def _ffn_layers(ffn) -> tuple[nn.Linear, str, nn.Linear] | None:
+    """(first linear, its activation, second linear) of mmcv's FFN when it is Linear-ReLU-Dropout or
+    Linear-GELU-Dropout (exact GELU), Linear, Dropout; else None."""
     layers = ffn.layers
     if ffn.training or getattr(ffn, "num_fcs", 0) != 2 or len(layers) != 3:
         return None
     first = layers[0]
     if not (isinstance(first, nn.Sequential) and len(first) == 3 and isinstance(first[0], nn.Linear)
-            and isinstance(first[1], nn.ReLU) and isinstance(layers[1], nn.Linear)):
+            and isinstance(layers[1], nn.Linear)):
         return None
-    return first[0], layers[1]
+    act = first[1]
+    if isinstance(act, nn.ReLU):
+        return first[0], "relu", layers[1]
+    if type(act) is nn.GELU and act.approximate == "none":
+        return first[0], "gelu", layers[1]
+    return None
 
 
 def _ffn_class():
@@ -72,7 +83,8 @@ def _make_forward(original):
         if pair is None or not _plain_cpu_float(x, self):
             return original(self, x, identity)
         # Dropouts are identities in eval mode (checked by _ffn_layers through self.training).
-        out = linear(linear(x, pair[0], relu=True), pair[1])
+        first, activation, second = pair
+        out = linear(linear(x, first, activation=activation), second)
         if not self.add_identity:
             return self.dropout_layer(out)
         return (x if identity is None else identity) + self.dropout_layer(out)

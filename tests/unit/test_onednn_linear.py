@@ -1,6 +1,6 @@
 """oneDNN linear layers for the transformer on CPU: the FFN and the attention projections give mmcv's
 results up to FP32 summation order (checked against float64), and anything but CPU float32 inference of a
-ReLU FFN keeps mmcv's own forward."""
+ReLU or exact-GELU FFN (the transformer's and the Swin backbone's) keeps mmcv's own forward."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ def ops_run(module, *args) -> tuple[torch.Tensor, set[str]]:
     return out, {e.key for e in prof.key_averages()}
 
 
+@pytest.mark.parametrize("act", ["ReLU", "GELU"])
 @pytest.mark.parametrize("layout", ["sequence_first", "transposed_view", "one_image"])
-def test_onednn_ffn_equals_mmcv_and_float64(layout):
-    module = ffn_module()
+def test_onednn_ffn_equals_mmcv_and_float64(layout, act):
+    module = ffn_module(act)
     x = {"sequence_first": torch.randn(300, 2, 256), "one_image": torch.randn(300, 1, 256),
          "transposed_view": torch.randn(2, 300, 256).transpose(0, 1)}[layout]
     identity = torch.randn_like(x)
@@ -49,8 +50,12 @@ def test_onednn_ffn_equals_mmcv_and_float64(layout):
 def test_other_ffns_training_and_autograd_keep_mmcv_forward():
     msda.configure_cpu_msda("auto")
     x = torch.randn(50, 1, 256)
-    _, names = ops_run(ffn_module("GELU"), x)  # not a ReLU FFN
-    assert "mkldnn::_linear_pointwise" not in names
+    for act in ("Sigmoid", "tanh-GELU"):  # activations oneDNN's FFN path does not take
+        module = ffn_module("GELU" if act == "tanh-GELU" else act)
+        if act == "tanh-GELU":
+            module.layers[0][1].approximate = "tanh"
+        _, names = ops_run(module, x)
+        assert "mkldnn::_linear_pointwise" not in names, act
     training = ffn_module().train()
     with torch.no_grad(), torch.profiler.profile() as prof:
         training(x)
