@@ -9,7 +9,8 @@ backbone) in the same pass over the hidden activations.
 `install()` swaps mmcv's FFN.forward for a dispatcher (CPU float32 inference of a two-layer ReLU or GELU
 FFN in eval mode -> oneDNN, anything else -> mmcv's own forward) and makes `linear()` use oneDNN;
 `uninstall()` restores both. `configure_cpu_msda` in `msda.py` drives it together with the
-deformable-attention op.
+deformable-attention op. `adopt(model)` routes a built model's plain `nn.Linear` layers (the Swin
+backbone's attention projections, the heads' branches) through `linear()` as well, so the switch covers them.
 """
 
 from __future__ import annotations
@@ -93,6 +94,28 @@ def _make_forward(original):
                        "else mmcv's FFN.forward.")
     setattr(forward, _ORIGINAL_ATTR, original)
     return forward
+
+
+class DispatchingLinear(nn.Linear):
+    """An `nn.Linear` whose forward is `linear()`: oneDNN while installed, `F.linear` otherwise.
+
+    Same parameters and state-dict keys as `nn.Linear`; `adopt` turns existing layers into it in place.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self)
+
+
+def adopt(model: nn.Module) -> int:
+    """Make every plain `nn.Linear` in `model` a `DispatchingLinear` (in place); returns how many.
+
+    Subclasses are left alone: `nn.MultiheadAttention`'s output projection is one, and its owner reads the
+    weights without calling the layer.
+    """
+    layers = [m for m in model.modules() if type(m) is nn.Linear]
+    for layer in layers:
+        layer.__class__ = DispatchingLinear
+    return len(layers)
 
 
 def installed() -> bool:

@@ -11,6 +11,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from torch import nn
 
+from codetr_serve.ops import onednn_linear
 from codetr_serve.ops.msda import report_serving_path
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def build_detector(cfg: Config, weights_dir: Path | None, device: str, seed: int
     else:
         log.warning("no weights_dir: serving RANDOM weights (demo/test mode)")
     model.to(device).eval()
+    onednn_linear.adopt(model)  # its linear layers follow the oneDNN switch (CPU float32 inference only)
     report_serving_path(device)  # one log line and the CoDetrDeformableAttentionPath gauge
     return LoadedDetector(model=model, class_names=class_names_for(cfg, meta),
                           max_per_img=_max_per_img(cfg),

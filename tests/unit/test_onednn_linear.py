@@ -76,3 +76,40 @@ def test_switching_off_restores_mmcv_forward():
     msda.configure_cpu_msda("auto")
     msda.configure_cpu_msda("fallback")
     assert FFN.forward is original
+
+
+def test_adopted_linears_follow_the_switch_and_keep_their_state_dict():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(192, 576), torch.nn.GELU(),
+                                torch.nn.MultiheadAttention(64, 2), torch.nn.Linear(576, 80))
+    keys = list(model.state_dict())
+    assert onednn_linear.adopt(model) == 2  # MHA's out_proj is a Linear subclass its owner never calls
+    assert type(model[2].out_proj) is not onednn_linear.DispatchingLinear
+    assert list(model.state_dict()) == keys and isinstance(model[0], torch.nn.Linear)
+    x = torch.randn(2, 49, 192)
+    head = torch.nn.Sequential(model[0], model[1])
+    msda.configure_cpu_msda("fallback")
+    theirs, names = ops_run(head, x)
+    assert "aten::addmm" in names and not any("mkldnn" in n for n in names)
+    assert torch.equal(theirs, torch.nn.functional.gelu(torch.nn.functional.linear(x, model[0].weight,
+                                                                                    model[0].bias)))
+    with torch.inference_mode():
+        expected = torch.nn.functional.gelu(torch.nn.functional.linear(
+            x.double(), model[0].weight.double(), model[0].bias.double()))
+    msda.configure_cpu_msda("auto")
+    ours, names = ops_run(head, x)
+    assert "mkldnn::_linear_pointwise" in names and "aten::addmm" not in names
+    assert_close(ours, theirs, "adopted linear vs F.linear")
+    assert_close(ours, expected, "adopted linear vs float64")
+    head(x).sum().backward()  # grad enabled: F.linear, differentiable
+    assert model[0].weight.grad is not None
+
+
+def test_served_model_adopts_its_linear_layers(tiny_model_dir):
+    from codetr_serve.convert.model_dir import CONFIG_NAME
+    from codetr_serve.runtime.model_loader import build_detector, load_config
+
+    model = build_detector(load_config(tiny_model_dir / CONFIG_NAME), None, "cpu").model
+    plain = [name for name, m in model.named_modules() if type(m) is torch.nn.Linear]
+    assert not plain, f"linear layers outside the oneDNN switch: {plain[:5]}"
+    assert any(type(m) is onednn_linear.DispatchingLinear for m in model.modules())

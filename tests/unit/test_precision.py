@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from mmcv.ops import MultiScaleDeformableAttention
 from torch import nn
@@ -98,6 +99,19 @@ def test_keyword_and_parameter_only_calls_are_kept_fp32_too(monkeypatch):
 # CUDA worker with `fp16: true` runs: inference_precision's autocast around the tiny Co-DINO, with the
 # modules and methods DetectorCore.setup keeps in FP32.
 
+@pytest.fixture
+def mmcv_forwards():
+    """mmcv's own deformable-attention forward for one test: a core set up by an earlier test leaves ours
+    (the fused CPU path) installed, which never calls the function the FP16 test records."""
+    from codetr_serve.ops import msda
+
+    before = msda._requested_mode
+    msda.configure_cpu_msda("fallback")
+    yield
+    msda.configure_cpu_msda(before)
+
+
+@pytest.mark.usefixtures("mmcv_forwards")
 def test_fp16_forward_keeps_deformable_attention_and_box_decoding_in_fp32(monkeypatch):
     import mmcv.ops.multi_scale_deform_attn as msda_module
     from mmengine.config import Config
