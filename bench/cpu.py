@@ -196,9 +196,9 @@ def parity_lines(result: dict) -> list[str]:
     for path, p in result.get("parity", {}).items():
         verdict = "equal" if p["equal"] else "NOT equal"
         lines.append(f"- {path} vs reference, last forward: {verdict} within {cpu_reference.BOX_TOL:g} px / "
-                     f"score {cpu_reference.SCORE_TOL:g}: {p['matched']} of {p['ours']} (ours) / "
-                     f"{p['reference']} (reference) detections matched, max |box diff| "
-                     f"{p['max_box_diff_px']:.3g} px, max |score diff| {p['max_score_diff']:.3g}")
+                     f"score {cpu_reference.SCORE_TOL:g}: {p['ours']} (ours) / {p['reference']} (reference) "
+                     f"detections, {p['matched']} matched, {p['within_tol']} of them within tolerance; max "
+                     f"|box diff| {p['max_box_diff_px']:.3g} px, max |score diff| {p['max_score_diff']:.3g}")
     return ["", *lines] if lines else []
 
 
