@@ -79,7 +79,7 @@ bench: $(ENV_STAMP)  ## benchmark TorchServe serving on loopback and write bench
 bench-msda: $(ENV_STAMP)  ## CPU deformable attention: compiled op vs mmcv fallback, op level + R50 forward (~6 min)
 	$(PY) -m bench.msda $(BENCH_ARGS)
 
-bench-cpu: $(ENV_STAMP)  ## R50 + Swin-L CPU forwards: fast path vs op-only vs mmcv's, A B B A in one process each (~15-30 min)
+bench-cpu: $(ENV_STAMP)  ## R50 + Swin-L CPU forwards: fast path vs op-only vs mmcv's, A B B A in one process each (~15-30 min); the published code too: docs/tuning.md
 	$(PY) -m bench.cpu $(BENCH_ARGS)
 
 bench-onnx: $(ENV_STAMP)  ## ONNX Runtime CPU vs PyTorch (compiled op), Co-DINO R50 at 1333x800, 2 threads, ABBA (export + 4 forwards, ~15 min)
