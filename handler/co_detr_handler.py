@@ -13,6 +13,7 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+from codetr_serve.runtime.codec import JSON_CONTENT_TYPE
 from codetr_serve.runtime.core import DetectorCore
 from codetr_serve.runtime.metrics import batch_metrics, worker_metrics
 from codetr_serve.runtime.settings import settings_from_context
@@ -48,10 +49,11 @@ class CoDetrHandler(BaseHandler):
         items, outputs = data
         replies = self.core.encode(items, outputs)
         for idx, reply in enumerate(replies):
+            self.context.set_response_content_type(idx, JSON_CONTENT_TYPE)
             if reply.status != 200:
                 self.context.set_response_status(reply.status, reply.reason, idx)
         self._emit_metrics()
-        return [reply.body for reply in replies]
+        return [reply.wire_body() for reply in replies]
 
     def _emit_metrics(self) -> None:
         batch_size = int(self.context.system_properties.get("batch_size") or 1)

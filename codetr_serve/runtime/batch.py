@@ -43,6 +43,10 @@ class Reply:
         """Our own error shape (one image's answer, or a /predictions request's reply)."""
         return cls(error.status, error.to_dict(), error.code)
 
+    def wire_body(self) -> bytes:
+        """The body as it goes on the wire: compact JSON (`codec.dumps_json`)."""
+        return codec.dumps_json(self.body)
+
 
 @dataclass
 class BatchStats:

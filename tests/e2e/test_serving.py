@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -21,6 +22,9 @@ def assert_detections(response: requests.Response, width: int, height: int) -> d
     assert response.status_code == 200, response.text
     body = response.json()
     assert validate(body) == []
+    # Compact JSON, as the handler wrote it (a dict reply would come back indented by TorchServe's worker).
+    assert response.content == json.dumps(body, separators=(",", ":")).encode()
+    assert response.headers["Content-Type"].startswith("application/json")
     assert body["image"] == {"width": width, "height": height}
     assert body["detections"], "score_threshold 0 keeps every detection"
     return body

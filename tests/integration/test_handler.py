@@ -46,6 +46,18 @@ def start_batch(context: Context, size: int, headers: list[dict] | None = None) 
     context.metrics.set_request_ids(context.request_ids)
 
 
+def handle(handler, batch: list[dict], context: Context) -> list[dict]:
+    """One batch through the handler as TorchServe's worker runs it; each reply must be compact JSON bytes
+    (a dict would be re-serialised by the worker with indent=2 and CPython's pure-Python encoder), typed
+    as JSON (TorchServe 0.12 sends no Content-Type unless the handler sets one)."""
+    replies = handler.handle(batch, context)
+    assert all(isinstance(r, bytes) for r in replies), [type(r) for r in replies]
+    bodies = [json.loads(r) for r in replies]
+    assert [json.dumps(b, separators=(",", ":")).encode() for b in bodies] == replies
+    assert {context.get_response_content_type(i) for i in range(len(batch))} == {"application/json"}
+    return bodies
+
+
 @pytest.fixture(scope="module")
 def handler_and_context(tiny_model_dir):
     handler = load_handler_class()()
@@ -64,7 +76,7 @@ def test_mixed_batch_returns_per_item_statuses(handler_and_context):
         {"data": bytearray(good), "score_threshold": bytearray(b"7")},
     ]
     start_batch(context, len(batch))
-    bodies = handler.handle(batch, context)
+    bodies = handle(handler, batch, context)
 
     statuses = [context.get_response_status(i)[0] for i in range(len(batch))]
     assert statuses == [200, 415, 200, 400]
@@ -76,14 +88,13 @@ def test_mixed_batch_returns_per_item_statuses(handler_and_context):
         assert body["image"] == {"width": width, "height": height}
         assert body["model"] == {"name": "co_detr", "version": "test"}
         assert 0 < len(body["detections"]) <= 100
-        json.dumps(body)  # the worker serialises it
 
 
 def test_options_from_headers_apply_per_request(handler_and_context):
     handler, context = handler_and_context
     image = bytearray(encode_image(320, 240, seed=7))
     start_batch(context, 2, headers=[{"X-Max-Detections": "2"}, {"x-score-threshold": "0.999"}])
-    few, strict = handler.handle([{"body": image}, {"body": image}], context)
+    few, strict = handle(handler, [{"body": image}, {"body": image}], context)
     assert len(few["detections"]) == 2
     assert all(d["score"] >= 0.999 for d in strict["detections"])
 
@@ -92,11 +103,11 @@ def test_batch_results_equal_single_requests(handler_and_context):
     handler, context = handler_and_context
     images = [encode_image(320, 240, seed=3), encode_image(180, 260, seed=4)]
     start_batch(context, 2)
-    together = handler.handle([{"body": bytearray(b)} for b in images], context)
+    together = handle(handler, [{"body": bytearray(b)} for b in images], context)
     alone = []
     for image in images:
         start_batch(context, 1)
-        alone += handler.handle([{"body": bytearray(image)}], context)
+        alone += handle(handler, [{"body": bytearray(image)}], context)
     for batched, single in zip(together, alone, strict=True):
         assert len(batched["detections"]) == len(single["detections"])
         for a, b in zip(batched["detections"], single["detections"], strict=True):
@@ -170,7 +181,7 @@ def test_request_ids_reach_bodies_and_log_lines(handler_and_context, caplog):
                {"X-Request-ID": "x" * 129}]
     start_batch(context, 4, headers=headers)
     with caplog.at_level(logging.INFO, logger="codetr_serve"):  # INFO: nothing for the two successes
-        bodies = handler.handle([{"body": good}, {"body": bytearray(b"GIF89a....")}, {"body": good},
+        bodies = handle(handler, [{"body": good}, {"body": bytearray(b"GIF89a....")}, {"body": good},
                                  {"body": bytearray(b"")}], context)
     assert [b["request_id"] for b in bodies] == ["client-42", "ts-1", "ts-2", "ts-3"]
     assert validate(bodies[0]) == [] and bodies[1]["error"]["code"] == "unsupported_image_format"
@@ -191,7 +202,7 @@ def test_a_failed_batch_is_logged_with_its_request_ids(handler_and_context, capl
     monkeypatch.setattr(handler.core.detector.model, "predict", broken)
     start_batch(context, 2, headers=[{"X-Request-ID": "job-7/frame-1"}, {}])
     with caplog.at_level(logging.INFO, logger="codetr_serve"):
-        bodies = handler.handle([{"body": bytearray(encode_image(64, 64))}] * 2, context)
+        bodies = handle(handler, [{"body": bytearray(encode_image(64, 64))}] * 2, context)
     assert [context.get_response_status(i)[0] for i in range(2)] == [500, 500]
     assert [b["request_id"] for b in bodies] == ["job-7/frame-1", "ts-1"]
     records = [r for r in caplog.records if r.name.startswith("codetr_serve")]
