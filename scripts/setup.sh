@@ -106,6 +106,15 @@ print(":".join(sorted({str(p) for r in nvidia.__path__ for p in pathlib.Path(r).
   export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} -I${dirs//:/ -I}"
 }
 
+# Sets cpu_s to the CPU seconds (user + system) of this shell's finished children. Call it directly, never
+# as $(...): a subshell's count of its children starts at zero.
+children_cpu_s() {
+  local out; out=$(mktemp)
+  times >"$out"
+  cpu_s=$(awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } printf "%d", s }' "$out")
+  rm -f "$out"
+}
+
 build_mmcv_from_source() {
   local cuda=0; [ "$mmcv_flavour" != cpu ] && cuda=1
   # The CUDA architectures: TORCH_CUDA_ARCH_LIST, else the one list the image and k8s/ read.
@@ -126,9 +135,13 @@ build_mmcv_from_source() {
   mkdir -p "$wheel_cache" 2>/dev/null || true
   # A read-only cache (e.g. a shared wheelhouse) is still searched, but new builds go to the project's own.
   [ -w "$wheel_cache" ] || { wheel_cache=$(cache_for_variant "$here/.cache/wheels"); mkdir -p "$wheel_cache"; }
+  local started=$SECONDS cpu_s cpu_before; children_cpu_s; cpu_before=$cpu_s
   MMCV_WITH_OPS=1 FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
     "$venv/bin/python" -m pip wheel --no-build-isolation --no-deps -c "$constraints" \
       -w "$wheel_cache" "$(pin mmcv)"
+  children_cpu_s
+  log "mmcv compiled in $((SECONDS - started)) s wall, $((cpu_s - cpu_before)) s CPU" \
+      "(MAX_JOBS=${MAX_JOBS:-$(nproc)} of $(nproc) cores$([ "$cuda" = 1 ] && echo ", TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"))"
   install_mmcv_from_cache || { echo "mmcv built but its ops do not load: see the build log above" >&2; exit 1; }
 }
 
