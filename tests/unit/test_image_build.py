@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,31 @@ def test_the_mmcv_build_reports_wall_and_cpu_time(tmp_path):
                                             check=True).stdout.split())
     assert before == 0 and after >= 1
     assert "children_cpu_s; cpu_before=$cpu_s" in setup and "$(children_cpu_s)" not in setup
+
+
+# Built by nvcc from tests/data/fatbin/*.cu (see tests/unit/test_doctor.py): sm_80, sm_90 and compute_90.
+FATBIN_LIBRARY = REPO / "tests" / "data" / "fatbin" / "libtwo_sm80_sm90_compute90.so"
+
+
+@pytest.mark.parametrize("arch_list, missing", [
+    ("9.0", ()), ("8.0;9.0+PTX", ()), ("8.0 9.0", ()), ("9.0a", ()),
+    ("8.0;8.6;8.9;9.0+PTX", ("sm_86", "sm_89")),  # docker/cuda_archs.txt
+    ("8.0+PTX;9.0", ("compute_80",)), ("10.0", ("sm_100",)),
+    ("Ampere", ())])  # a name is not expanded: nothing to check
+def test_a_cached_mmcv_wheel_must_cover_the_arch_list(arch_list, missing):
+    # scripts/setup.sh reused any cached CUDA mmcv wheel whose ops ran: one compiled for 9.0 only would
+    # have gone into an image built for (and scheduled by k8s/ onto) A100s and RTX 40s.
+    out = subprocess.run([sys.executable, str(REPO / "codetr_serve" / "tools" / "cuda_archs.py"),
+                          str(FATBIN_LIBRARY), "--require", arch_list], capture_output=True, text=True)
+    assert out.stdout.split() == ["sm_80", "sm_90", "compute_90"]
+    assert out.returncode == (1 if missing else 0)
+    assert (f"lacks {' '.join(missing)}" in out.stderr) if missing else out.stderr == ""
+
+
+def test_setup_checks_the_arch_list_before_reusing_mmcv():
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    check = re.search(r"^mmcv_ops_work\(\) \{.*?^\}", setup, re.M | re.S).group(0)
+    assert "missing_archs(os.environ[\"TORCH_CUDA_ARCH_LIST\"]" in check
+    assert setup.index("\nresolve_cuda_archs\n") < setup.index("\nmmcv_ops_work ||")
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert dockerfile.index("COPY codetr_serve/tools/cuda_archs.py") < dockerfile.index("RUNTIME_DEPS_ONLY=1")
