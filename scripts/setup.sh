@@ -152,7 +152,9 @@ build_mmcv_from_source() {
   # A read-only cache (e.g. a shared wheelhouse) is still searched, but new builds go to the project's own.
   [ -w "$wheel_cache" ] || { wheel_cache=$(cache_for_variant "$here/.cache/wheels"); mkdir -p "$wheel_cache"; }
   local started=$SECONDS cpu_s cpu_before; children_cpu_s; cpu_before=$cpu_s
-  MMCV_WITH_OPS=1 FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+  # The venv's bin first on PATH: torch's BuildExtension looks for `ninja` there and, without it, falls back
+  # to compiling one file at a time whatever MAX_JOBS says.
+  PATH="$venv/bin:$PATH" MMCV_WITH_OPS=1 FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
     "$venv/bin/python" -m pip wheel --no-build-isolation --no-deps -c "$constraints" \
       -w "$wheel_cache" "$(pin mmcv)"
   children_cpu_s

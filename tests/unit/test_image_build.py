@@ -114,3 +114,12 @@ def test_setup_checks_the_arch_list_before_reusing_mmcv():
     assert setup.index("\nresolve_cuda_archs\n") < setup.index("\nmmcv_ops_work ||")
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     assert dockerfile.index("COPY codetr_serve/tools/cuda_archs.py") < dockerfile.index("RUNTIME_DEPS_ONLY=1")
+
+
+def test_mmcv_compiles_with_the_venvs_ninja():
+    # pip does not put the venv's bin on PATH (setup.sh runs it by path, and the builder stage sets PATH
+    # only later), so torch's BuildExtension found no ninja and compiled mmcv's 136 units one at a time.
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    build = re.search(r"^build_mmcv_from_source\(\) \{.*?^\}", setup, re.M | re.S).group(0)
+    assert re.search(r'PATH="\$venv/bin:\$PATH" [^\n]*\\\n\s+"\$venv/bin/python" -m pip wheel', build)
+    assert re.search(r"pip_install numpy setuptools wheel ninja", setup)
