@@ -123,3 +123,18 @@ def test_mmcv_compiles_with_the_venvs_ninja():
     build = re.search(r"^build_mmcv_from_source\(\) \{.*?^\}", setup, re.M | re.S).group(0)
     assert re.search(r'PATH="\$venv/bin:\$PATH" [^\n]*\\\n\s+"\$venv/bin/python" -m pip wheel', build)
     assert re.search(r"pip_install numpy setuptools wheel ninja", setup)
+
+
+def test_the_pypi_toolkit_gets_the_dev_link_the_linker_needs(tmp_path):
+    # NVIDIA's wheels ship libcudart.so.13 only; mmcv's link step (-lcudart) failed after its 136 units had
+    # compiled ("cannot find -lcudart") in the first full CUDA image build.
+    script = (REPO / "docker" / "cuda-toolkit.sh").read_text()
+    helper = re.search(r"^dev_links\(\) \{.*?^\}", script, re.M | re.S).group(0)
+    for name in ("libcudart.so.13", "libnvrtc.so.13.0.88", "libcudadevrt.a"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "libnvvm.so").write_bytes(b"")  # already there: left alone
+    subprocess.run(["bash", "-c", helper + f'\ndev_links "{tmp_path}"'], check=True)
+    assert os.readlink(tmp_path / "libcudart.so") == "libcudart.so.13"
+    assert os.readlink(tmp_path / "libnvrtc.so") == "libnvrtc.so.13.0.88"
+    assert not (tmp_path / "libnvvm.so").is_symlink() and not (tmp_path / "libcudadevrt.so").exists()
+    assert re.search(r'^  dev_links "\$root/lib"$', script, re.M)
