@@ -138,3 +138,19 @@ def test_the_pypi_toolkit_gets_the_dev_link_the_linker_needs(tmp_path):
     assert os.readlink(tmp_path / "libnvrtc.so") == "libnvrtc.so.13.0.88"
     assert not (tmp_path / "libnvvm.so").is_symlink() and not (tmp_path / "libcudadevrt.so").exists()
     assert re.search(r'^  dev_links "\$root/lib"$', script, re.M)
+
+
+def test_the_installed_package_carries_every_source_of_the_cpu_op():
+    # package-data listed only ops/csrc/*.cpp: the image's non-editable install lacked msda_kernel.h, so
+    # codetr-doctor in the image called the op built from the full sources STALE (its digest covers the
+    # headers), and build_ops could not have rebuilt it there.
+    import fnmatch
+    import tomllib
+
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = data["codetr_serve"]
+    sources = sorted((REPO / "codetr_serve" / "ops" / "csrc").glob("*.[ch]*"))  # what source_digest hashes
+    assert sources
+    for path in sources:
+        relative = path.relative_to(REPO / "codetr_serve").as_posix()
+        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative
