@@ -5,6 +5,8 @@
 #   docker/build.sh image    build the image (CPU by default)
 #   docker/build.sh base     make a local Debian bookworm base image (for machines that cannot pull from
 #                            Docker Hub): mmdebstrap -> localhost/debian:bookworm-slim
+#   docker/build.sh tag      print the tag `image` builds (and docker/smoke.sh runs) for these variables
+#   docker/build.sh stage    copy the wheels into the build context as `image` does, list them, remove them
 #
 # Variables (all optional):
 #   VARIANT          cpu (default) or cuda
@@ -19,6 +21,7 @@
 #   WHEEL_CACHE      folder with a prebuilt mmcv-2.1.0-cp311-*.whl (CUDA builds in a <TORCH_CUDA>/ subfolder,
 #                    the layout scripts/setup.sh uses); copied into the build context, else mmcv is compiled.
 #                    The builder uses it only if its ops run there (CUDA kernels included for a CUDA flavour).
+#                    A wheel the builder compiled is copied back here (if writable) for the next build.
 #   TORCH_WHEEL_DIR  folder with a torch-<pin>+<TORCH_CUDA>-cp311-*.whl to use instead of an index
 #   ENGINE           docker or buildah (default: docker if its daemon answers, else buildah)
 #   MAX_JOBS         parallel compile jobs in the builder (default: all cores of the build machine)
@@ -70,7 +73,9 @@ make_base() {
   rm -f "$tar"
 }
 
-unstage() { find docker/wheels -mindepth 1 ! -name .gitkeep -exec rm -rf {} +; }
+# Where the wheels are staged: the Dockerfile copies docker/wheels/{torch,mmcv}/ (tests point it elsewhere).
+STAGE=${WHEEL_STAGE:-docker/wheels}
+unstage() { [ -d "$STAGE" ] || return 0; find "$STAGE" -mindepth 1 ! -name .gitkeep -exec rm -rf {} +; }
 
 # The CUDA architectures for mmcv's kernels: TORCH_CUDA_ARCH_LIST, else docker/cuda_archs.txt.
 cuda_archs() {
@@ -80,17 +85,35 @@ cuda_archs() {
 
 link_or_copy() { cp -l "$1" "$2" 2>/dev/null || cp "$1" "$2"; }
 
-# Copy the optional prebuilt wheels into the build context: docker/wheels/torch/ (a torch wheel, the CA
-# bundle) and docker/wheels/mmcv/ (an mmcv wheel of the flavour). They are removed again when the build ends.
+# The torch flavour for VARIANT and TORCH_CUDA.
+flavour_of() {
+  local variant=${VARIANT:-cpu} flavour
+  case "$variant" in
+    cpu) flavour=${TORCH_CUDA:-cpu} ;;
+    cuda) flavour=${TORCH_CUDA:-cu130} ;;
+    *) die "VARIANT must be cpu or cuda, not '$variant'" ;;
+  esac
+  [ "$variant" = cpu ] && [ "$flavour" != cpu ] && die "VARIANT=cpu needs TORCH_CUDA=cpu (got $flavour)"
+  [ "$variant" = cuda ] && [ "$flavour" = cpu ] && die "VARIANT=cuda needs a CUDA flavour such as cu130"
+  echo "$flavour"
+}
+
+image_tag() { local flavour; flavour=$(flavour_of); echo "${IMAGE:-codetr-serve:$flavour}"; }
+
+# mmcv wheels of a CUDA flavour live in a subfolder named after it, in WHEEL_CACHE and in the builder's
+# /wheels/mmcv alike (scripts/setup.sh's layout: CPU and CUDA builds share one file name).
+flavour_dir() { [ "$1" = cpu ] || echo "$1/"; }
+
+# Copy the optional prebuilt wheels into the build context: $STAGE/torch/ (a torch wheel, the CA bundle)
+# and $STAGE/mmcv/[<flavour>/] (an mmcv wheel of the flavour). They are removed again when the build ends.
 stage_wheels() {
-  local flavour=$1 dest=docker/wheels sub=""
-  [ "$flavour" = cpu ] || sub=$flavour
+  local flavour=$1 dest=$STAGE sub; sub=$(flavour_dir "$flavour")
   unstage
   trap unstage EXIT
-  mkdir -p "$dest/torch" "$dest/mmcv"
+  mkdir -p "$dest/torch" "$dest/mmcv/$sub"
   local cache=${WHEEL_CACHE:-.cache/wheels} whl torch_pin
-  for whl in "$cache/${sub:+$sub/}"mmcv-2.1.0-cp311-*.whl; do
-    [ -f "$whl" ] && { link_or_copy "$whl" "$dest/mmcv/"; say "mmcv wheel: $whl"; }
+  for whl in "$cache/$sub"mmcv-2.1.0-cp311-*.whl; do
+    [ -f "$whl" ] && { link_or_copy "$whl" "$dest/mmcv/$sub"; say "mmcv wheel: $whl"; }
   done
   torch_pin=$(sed -n 's/^torch==//p' requirements/constraints.txt)
   # Behind a TLS-inspecting proxy pip needs the host's CA bundle (PIP_CERT); the builder stages use it.
@@ -103,52 +126,87 @@ stage_wheels() {
   return 0
 }
 
-build_image() {
-  local variant=${VARIANT:-cpu} flavour engine base tag start
-  case "$variant" in
-    cpu) flavour=${TORCH_CUDA:-cpu} ;;
-    cuda) flavour=${TORCH_CUDA:-cu130} ;;
-    *) die "VARIANT must be cpu or cuda, not '$variant'" ;;
-  esac
-  [ "$variant" = cpu ] && [ "$flavour" != cpu ] && die "VARIANT=cpu needs TORCH_CUDA=cpu (got $flavour)"
-  [ "$variant" = cuda ] && [ "$flavour" = cpu ] && die "VARIANT=cuda needs a CUDA flavour such as cu130"
-  engine=$(pick_engine)
-  tag=${IMAGE:-codetr-serve:$flavour}
-  base=${BASE_IMAGE:-}
+pick_base() {
+  local engine=$1 base=${BASE_IMAGE:-}
   if [ -z "$base" ]; then
     base=docker.io/library/debian:bookworm-slim
     if [ "$engine" = buildah ] && image_exists buildah "$LOCAL_BASE"; then
       base=$LOCAL_BASE
-      say "using the local base $LOCAL_BASE (made by 'make image-base'); BASE_IMAGE=... overrides"
+      say "using the local base $LOCAL_BASE (made by 'make image-base'); BASE_IMAGE=... overrides" >&2
     fi
   fi
+  echo "$base"
+}
+
+# One build with the engine: the common arguments (the caller's `args` and `pull`), then "$@".
+engine_build() {
+  if [ "$engine" = docker ]; then
+    DOCKER_BUILDKIT=1 docker build "${args[@]}" "$@" .
+  else
+    # chroot isolation: this kind of VM cannot run the OCI runtime (crun: setrlimit RLIMIT_NOFILE denied).
+    # --format docker: OCI image configs have no HEALTHCHECK and no SHELL.
+    buildah bud --isolation chroot --format docker --layers "${pull[@]}" "${args[@]}" "$@" .
+  fi
+}
+
+# Copy the mmcv wheel the builder stage compiled (image $2, in /wheels/mmcv/[<flavour>/]) into WHEEL_CACHE,
+# where the next `make image` or `make setup` finds it instead of compiling again.
+export_mmcv_wheel() {
+  local engine=$1 image=$2 sub; sub=$(flavour_dir "$3")
+  local cache=${WHEEL_CACHE:-.cache/wheels}/$sub src=/wheels/mmcv/$sub ctr mnt
+  mkdir -p "$cache" 2>/dev/null || true
+  [ -w "$cache" ] || { say "$cache is not writable: the compiled mmcv wheel stays in $image"; return 0; }
+  if [ "$engine" = docker ]; then
+    ctr=$(docker create "$image" true)
+    docker cp "$ctr:$src." "$STAGE/export" && cp "$STAGE"/export/mmcv-2.1.0-*.whl "$cache/"
+    docker rm "$ctr" >/dev/null
+  else
+    ctr=$(buildah from --pull-never "$image") && mnt=$(buildah mount "$ctr")
+    cp "$mnt$src"mmcv-2.1.0-*.whl "$cache/"
+    buildah umount "$ctr" >/dev/null && buildah rm "$ctr" >/dev/null
+  fi
+  say "compiled mmcv wheel saved: $(ls "$cache"mmcv-2.1.0-*.whl | tr '\n' ' ')"
+}
+
+image_size() {
+  if [ "$engine" = docker ]; then
+    docker image inspect --format '{{.Size}}' "$1" | awk '{printf "==> image size: %.2f GB (uncompressed)\n", $1/1e9}'
+  else
+    buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -F "${1#localhost/}" | head -n1 \
+      | sed 's/^/==> image size: /'
+  fi
+}
+
+build_image() {
+  local flavour engine base tag start builder
+  flavour=$(flavour_of)
+  engine=$(pick_engine)
+  tag=$(image_tag)
+  base=$(pick_base "$engine")
   stage_wheels "$flavour"
   local args=(${BUILD_FLAGS:-} --build-arg "BASE_IMAGE=$base" --build-arg "TORCH_CUDA=$flavour"
               --build-arg "TORCH_CUDA_ARCH_LIST=$(cuda_archs)"
-              --build-arg "MAX_JOBS=${MAX_JOBS:-}" -f docker/Dockerfile -t "$tag")
-  say "building $tag ($variant, torch flavour $flavour, CUDA archs $(cuda_archs) unless an mmcv wheel is staged) from $base with $engine"
+              --build-arg "MAX_JOBS=${MAX_JOBS:-}" -f docker/Dockerfile) pull=(--pull)
+  case "$base" in localhost/*) pull=(--pull-never) ;; esac
+  say "building $tag (torch flavour $flavour, CUDA archs $(cuda_archs) unless an mmcv wheel is staged) from $base with $engine"
   start=$(date +%s)
-  if [ "$engine" = docker ]; then
-    DOCKER_BUILDKIT=1 docker build "${args[@]}" .
-  else
-    local pull=(--pull)
-    case "$base" in localhost/*) pull=(--pull-never) ;; esac
-    # chroot isolation: this kind of VM cannot run the OCI runtime (crun: setrlimit RLIMIT_NOFILE denied).
-    # --format docker: OCI image configs have no HEALTHCHECK and no SHELL.
-    buildah bud --isolation chroot --format docker --layers "${pull[@]}" "${args[@]}" .
+  if ! ls "$STAGE/mmcv/$(flavour_dir "$flavour")"mmcv-*.whl >/dev/null 2>&1; then
+    # No wheel: the builder compiles mmcv. Build that stage on its own first (the full build below reuses
+    # its layers) and keep the wheel, even if a later step fails.
+    builder=$tag-builder
+    engine_build --target builder -t "$builder"
+    export_mmcv_wheel "$engine" "$builder" "$flavour"
   fi
+  engine_build -t "$tag"
   say "built $tag in $(( $(date +%s) - start )) s"
-  if [ "$engine" = docker ]; then
-    docker image inspect --format '{{.Size}}' "$tag" | awk '{printf "==> image size: %.2f GB (uncompressed)\n", $1/1e9}'
-  else
-    buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -F "${tag#localhost/}" | head -n1 \
-      | sed 's/^/==> image size: /'
-  fi
+  image_size "$tag"
 }
 
 case "${1:-image}" in
   image) build_image ;;
   base) make_base ;;
   archs) cuda_archs ;;
-  *) die "usage: docker/build.sh [image|base|archs]" ;;
+  tag) image_tag ;;
+  stage) flavour=$(flavour_of); stage_wheels "$flavour"; find "$STAGE" -name '*.whl' | sort ;;
+  *) die "usage: docker/build.sh [image|base|archs|tag|stage]" ;;
 esac

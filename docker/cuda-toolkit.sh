@@ -28,6 +28,17 @@ default_source=apt
 [ "$major" -ge 13 ] && default_source=pypi
 source=${CUDA_TOOLKIT_SOURCE:-$default_source}
 
+# The wheels carry only versioned libraries (libcudart.so.13) and no symlinks, but the linker's -lcudart
+# (torch.utils.cpp_extension links every CUDA extension with it) needs libcudart.so: add the dev links.
+dev_links() {
+  local so dev
+  for so in "$1"/lib*.so.[0-9]*; do
+    [ -f "$so" ] || continue
+    dev=${so%%.so.*}.so
+    [ -e "$dev" ] || ln -s "$(basename "$so")" "$dev"
+  done
+}
+
 from_pypi() {
   local pinned spec
   pinned=$(sed -n 's/^cuda-toolkit==//p' "$constraints" 2>/dev/null | head -n1)
@@ -45,6 +56,8 @@ from_pypi() {
   "$prefix/bin/python" -m pip install --no-cache-dir --disable-pip-version-check -q "$spec"
   local root; root=$("$prefix/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu'"$major"'"))')
   [ -e "$root/lib64" ] || ln -s lib "$root/lib64"  # torch.utils.cpp_extension links -L$CUDA_HOME/lib64
+  dev_links "$root/lib"
+  [ -e "$root/lib/libcudart.so" ] || { echo "cuda-toolkit.sh: no libcudart in $root/lib: CUDA extensions cannot link" >&2; exit 1; }
   ln -sfn "$root" /usr/local/cuda
 }
 

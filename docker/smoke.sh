@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Smoke test of a built image (`make image-smoke`), the way users run it: read-only root filesystem, tmpfs
 # for /tmp, a volume for the logs, the tiny random-weight demo model mounted read-only, token auth on. Checks:
-#   1. the image: runs as uid 1000, holds no compiler, pip cache, tests, benchmarks or model files
+#   1. the image: runs as uid 1000, holds no compiler (nor nvcc), pip cache, tests, benchmarks or
+#      model files; the doctor (codetr-doctor) says the stack can serve and, in a CUDA image, names the
+#      architectures mmcv's kernels carry
 #   2. an empty model store fails fast (exit 78) with a message that says what to mount
 #   3. the server becomes healthy (the HEALTHCHECK command), PID 1 is the entrypoint
 #   4. POST an image with the inference token -> 200 with detections; without the token -> rejected
 #   5. /metrics on the metrics port has TorchServe's and our counters; a token refresh gives a working key
 #   6. SIGTERM (docker/podman stop) ends the server within the grace period with exit status 0
-# Variables: IMAGE (default codetr-serve:cpu), ENGINE (docker or podman), GRACE (stop timeout, default 30 s).
+# Variables: VARIANT, TORCH_CUDA, IMAGE (as for `make image`: default codetr-serve:cpu, with VARIANT=cuda
+# codetr-serve:cu130), ENGINE (docker or podman), GRACE (stop timeout, default 30 s).
 # Needs .venv (make setup) to pack the demo model and write the test image.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-tag=${IMAGE:-codetr-serve:${TORCH_CUDA:-cpu}}
+tag=$(bash docker/build.sh tag)  # what `make image` built for the same VARIANT / TORCH_CUDA / IMAGE
 grace=${GRACE:-30}
 py=${VENV:-.venv}/bin/python
 say() { printf '==> %s\n' "$*"; }
@@ -48,6 +51,9 @@ say "1. image contents ($tag)"
 "$engine" run --rm "${run_flags[@]}" --user 0 --entrypoint /bin/bash "$tag" -c '
   set -u; bad=0
   for tool in gcc g++ cc c++ nvcc make; do command -v "$tool" && { echo "compiler in image: $tool"; bad=1; }; done
+  # nvcc and its front end cicc belong to the builder stage only (triton ships a ptxas for torch.compile)
+  cuda_tools=$(find / -xdev \( -name nvcc -o -name cicc -o -path /usr/local/cuda \) -not -path "/proc/*" -print)
+  [ -z "$cuda_tools" ] || { echo "CUDA compiler in image:"; echo "$cuda_tools"; bad=1; }
   for dir in /root/.cache/pip /home/model-server/.cache /src /wheels; do [ -e "$dir" ] && { echo "left over: $dir"; bad=1; }; done
   found=$(find / -xdev \( -name "*.mar" -o -name "*.pth" -o -name "*.safetensors" -o -name model_store \
           -o -path "*/tests/unit" -o -path "*/bench/*" \) -not -path "/proc/*" -print | grep -v "/site-packages/" || true)
@@ -56,6 +62,16 @@ say "1. image contents ($tag)"
   getent passwd 1000
   exit $bad' || die "the image holds what it should not (see above)"
 [ "$("$engine" image inspect --format '{{.Config.User}}' "$tag")" = "1000:1000" ] || die "image USER is not 1000:1000"
+
+say "1b. the doctor in the image: the stack, and the GPUs mmcv's kernels were compiled for"
+"$engine" run --rm "${run_flags[@]}" --entrypoint codetr-doctor "$tag" >"$work/doctor.txt" 2>&1 \
+  || { cat "$work/doctor.txt"; die "codetr-doctor in the image says the stack cannot serve"; }
+grep -E '^(torch|gpu|mmcv ops) ' "$work/doctor.txt" | sed 's/  */ /g'
+flavour=$("$engine" image inspect --format '{{index .Config.Labels "io.codetr-serve.torch-flavour"}}' "$tag")
+if [ "$flavour" != cpu ]; then
+  grep -qE '^mmcv ops .*CUDA [0-9.]+ kernels sm_' "$work/doctor.txt" \
+    || die "a $flavour image whose mmcv ops have no CUDA kernels (see the doctor's 'mmcv ops' row)"
+fi
 
 say "2. an empty model store fails fast"
 mkdir -p "$work/empty"

@@ -69,16 +69,35 @@ install_torch() {
 
 mmcv_ops_work() {
   # Runs a real compiled op: an import alone does not prove the .so matches this torch's ABI.
-  # For a CUDA stack the ops must also have been compiled with CUDA (a CPU-only wheel would load fine).
-  NEED_CUDA=$([ "$mmcv_flavour" = cpu ] || echo 1) "$venv/bin/python" - <<'PY' >/dev/null 2>&1
+  # For a CUDA stack the ops must also have been compiled with CUDA (a CPU-only wheel would load fine),
+  # and for every GPU of TORCH_CUDA_ARCH_LIST (a wheel cached from a smaller list must not be reused).
+  local why
+  why=$(NEED_CUDA=$([ "$mmcv_flavour" = cpu ] || echo 1) TOOLS="$here/codetr_serve/tools" \
+        "$venv/bin/python" - 2>&1 <<'PY'
 import os
+import sys
 import torch
 from mmcv.ops import get_compiling_cuda_version, nms
 boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 10., 10.]])
 nms(boxes, torch.tensor([0.9, 0.8]), 0.5)
 if os.environ.get("NEED_CUDA"):
     assert get_compiling_cuda_version() != "not available", "mmcv ops were compiled without CUDA"
+    sys.path.append(os.environ["TOOLS"])
+    import mmcv._ext
+    from cuda_archs import fatbin_archs, missing_archs
+    missing = missing_archs(os.environ["TORCH_CUDA_ARCH_LIST"], fatbin_archs(mmcv._ext.__file__))
+    assert not missing, f"mmcv's CUDA kernels lack {' '.join(missing)}"
 PY
+) && return 0
+  printf 'mmcv check: %s\n' "$(tail -n1 <<<"$why")" >&2
+  return 1
+}
+
+# The GPUs mmcv's CUDA kernels are for: TORCH_CUDA_ARCH_LIST, else the one list the image and k8s/ read.
+resolve_cuda_archs() {
+  [ "$mmcv_flavour" = cpu ] && return 0
+  [ -n "${TORCH_CUDA_ARCH_LIST:-}" ] || TORCH_CUDA_ARCH_LIST=$(grep -v '^#' "$here/docker/cuda_archs.txt" | head -n1)
+  export TORCH_CUDA_ARCH_LIST
 }
 
 # CPU and CUDA builds of mmcv share one file name, so each CUDA flavour keeps its wheels in a subfolder.
@@ -92,7 +111,7 @@ install_mmcv_from_cache() {
   [ -n "$whl" ] || return 1
   log "installing mmcv from wheel cache: $whl"
   pip_install --no-deps --force-reinstall "$whl" && pip_install "mmcv==2.1.0" && mmcv_ops_work && return 0
-  echo "cached mmcv wheel does not work with this torch; building from source instead" >&2
+  echo "cached mmcv wheel does not work here (see 'mmcv check' above); building from source instead" >&2
   "$venv/bin/python" -m pip uninstall -y mmcv >/dev/null
   return 1
 }
@@ -106,11 +125,17 @@ print(":".join(sorted({str(p) for r in nvidia.__path__ for p in pathlib.Path(r).
   export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} -I${dirs//:/ -I}"
 }
 
+# Sets cpu_s to the CPU seconds (user + system) of this shell's finished children. Call it directly, never
+# as $(...): a subshell's count of its children starts at zero.
+children_cpu_s() {
+  local out; out=$(mktemp)
+  times >"$out"
+  cpu_s=$(awk 'NR == 2 { for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } printf "%d", s }' "$out")
+  rm -f "$out"
+}
+
 build_mmcv_from_source() {
   local cuda=0; [ "$mmcv_flavour" != cpu ] && cuda=1
-  # The CUDA architectures: TORCH_CUDA_ARCH_LIST, else the one list the image and k8s/ read.
-  [ -n "${TORCH_CUDA_ARCH_LIST:-}" ] || TORCH_CUDA_ARCH_LIST=$(grep -v '^#' "$here/docker/cuda_archs.txt" | head -n1)
-  export TORCH_CUDA_ARCH_LIST
   local what="CPU ops only: about 21 min on 2 cores"
   [ "$cuda" = 1 ] && what="CPU ops and CUDA kernels for $TORCH_CUDA_ARCH_LIST: docker/README.md has the times"
   log "building $(pin mmcv) with compiled ops from source ($what)"
@@ -126,9 +151,15 @@ build_mmcv_from_source() {
   mkdir -p "$wheel_cache" 2>/dev/null || true
   # A read-only cache (e.g. a shared wheelhouse) is still searched, but new builds go to the project's own.
   [ -w "$wheel_cache" ] || { wheel_cache=$(cache_for_variant "$here/.cache/wheels"); mkdir -p "$wheel_cache"; }
-  MMCV_WITH_OPS=1 FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
+  local started=$SECONDS cpu_s cpu_before; children_cpu_s; cpu_before=$cpu_s
+  # The venv's bin first on PATH: torch's BuildExtension looks for `ninja` there and, without it, falls back
+  # to compiling one file at a time whatever MAX_JOBS says.
+  PATH="$venv/bin:$PATH" MMCV_WITH_OPS=1 FORCE_CUDA=$cuda MAX_JOBS=${MAX_JOBS:-$(nproc)} \
     "$venv/bin/python" -m pip wheel --no-build-isolation --no-deps -c "$constraints" \
       -w "$wheel_cache" "$(pin mmcv)"
+  children_cpu_s
+  log "mmcv compiled in $((SECONDS - started)) s wall, $((cpu_s - cpu_before)) s CPU" \
+      "(MAX_JOBS=${MAX_JOBS:-$(nproc)} of $(nproc) cores$([ "$cuda" = 1 ] && echo ", TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"))"
   install_mmcv_from_cache || { echo "mmcv built but its ops do not load: see the build log above" >&2; exit 1; }
 }
 
@@ -149,6 +180,7 @@ wheel_cache=$(cache_for_variant "$wheel_cache")
 pip_install --upgrade pip
 install_torch
 [ "${SETUP_STEPS:-all}" = torch ] && exit 0
+resolve_cuda_archs
 mmcv_ops_work || install_mmcv_from_cache || build_mmcv_from_source
 log "installing the rest of the stack"
 if [ "${RUNTIME_DEPS_ONLY:-0}" = 1 ]; then pip_install -r "$here/requirements/runtime.txt"; exit 0; fi

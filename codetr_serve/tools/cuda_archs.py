@@ -9,11 +9,18 @@ Layout (little-endian, as written by nvcc's `fatbinary`): a container is a 16-by
 0xBA55ED50, u16 version, u16 header size, u64 size of the entries that follow), then entries, each a header
 (u16 kind: 1 PTX, 2 ELF; u16; u32 header size; u64 payload size; ...; u32 arch at byte 28, e.g. 90) followed
 by its payload. A section holds many containers, one per compiled source file.
+
+`python codetr_serve/tools/cuda_archs.py LIBRARY [--require LIST]` prints a library's arch list and, with
+--require, exits 1 when it lacks an entry a build for that TORCH_CUDA_ARCH_LIST has: scripts/setup.sh runs
+it by path (standard library only) so that a cached mmcv wheel built for fewer GPUs is not reused.
 """
 
 from __future__ import annotations
 
+import argparse
+import re
 import struct
+import sys
 from pathlib import Path
 from typing import BinaryIO
 
@@ -95,3 +102,42 @@ def arch_sort_key(name: str) -> tuple[int, int]:
     """sm_XY before compute_XY, each by number: sm_80 < sm_90 < sm_100 < compute_90."""
     kind, _, number = name.partition("_")
     return (kind == "compute", int(number) if number.isdigit() else 0)
+
+
+def required_archs(arch_list: str) -> frozenset[str] | None:
+    """The entries a build for TORCH_CUDA_ARCH_LIST `arch_list` carries: `9.0` -> sm_90, `9.0+PTX` -> sm_90
+    and compute_90 (an `a`/`f` suffix counts as its base arch). None when an entry is a name such as
+    `Ampere`, which this reader does not expand: then nothing can be checked."""
+    wanted: set[str] = set()
+    for entry in filter(None, re.split(r"[;\s]+", arch_list.strip())):
+        match = re.fullmatch(r"(\d+)\.(\d+)[af]?(\+PTX)?", entry)
+        if not match:
+            return None
+        number = f"{match.group(1)}{match.group(2)}"
+        wanted.add(f"sm_{number}")
+        if match.group(3):
+            wanted.add(f"compute_{number}")
+    return frozenset(wanted)
+
+
+def missing_archs(arch_list: str, built: tuple[str, ...]) -> tuple[str, ...]:
+    """What a library carrying `built` lacks for `arch_list`, sorted; () when covered or not checkable."""
+    wanted = required_archs(arch_list)
+    return tuple(sorted((wanted or frozenset()) - set(built), key=arch_sort_key))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="the GPU architectures a compiled library carries")
+    parser.add_argument("library")
+    parser.add_argument("--require", metavar="LIST", help="a TORCH_CUDA_ARCH_LIST the library must cover")
+    args = parser.parse_args(argv)
+    built = fatbin_archs(args.library)
+    print(" ".join(built) or "no CUDA code")
+    missing = missing_archs(args.require, built) if args.require else ()
+    if missing:
+        print(f"lacks {' '.join(missing)} of TORCH_CUDA_ARCH_LIST={args.require}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
