@@ -41,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench import cpu_reference
-from bench.cpu_reference import _peak_rss_mb
+from bench.cpu_reference import peak_rss_mb
 from bench.msda import REPO, _cpu_name, forward, jpeg
 from bench.stats import mean_interval
 
@@ -90,10 +90,10 @@ def _warm_ups(core, body: dict, paths: list[str]) -> tuple[dict, dict]:
     seconds, rss = {}, {}
     for path in sorted(paths, key=list(PATHS)[::-1].index):
         msda.configure_cpu_msda(**PATHS[path])
-        _peak_rss_mb(reset=True)
+        peak_rss_mb(reset=True)
         start = time.perf_counter()
         forward(core, body)
-        seconds[path], rss[path] = time.perf_counter() - start, _peak_rss_mb()
+        seconds[path], rss[path] = time.perf_counter() - start, peak_rss_mb()
     return seconds, rss
 
 
@@ -107,11 +107,11 @@ def _one_run(core, body: dict, reference, path: str) -> tuple[dict, dict | None]
     from codetr_serve.ops import msda
 
     msda.configure_cpu_msda(**PATHS[path])
-    _peak_rss_mb(reset=True)
+    peak_rss_mb(reset=True)
     outputs = forward(core, body)
     good = [o for o in outputs if not isinstance(o, Exception)]
     found = cpu_reference.detections_of(good[0]) if good else None
-    run = {"path": path, "forward_s": core.last_stats.inference_ms / 1000, "peak_rss_mb": _peak_rss_mb(),
+    run = {"path": path, "forward_s": core.last_stats.inference_ms / 1000, "peak_rss_mb": peak_rss_mb(),
            "detections": len(found["scores"]) if found else 0,
            "errors": [repr(o) for o in outputs if isinstance(o, Exception)]}
     return run, found

@@ -56,7 +56,7 @@ def package_dir(src: Path) -> Path:
     return folder
 
 
-def _peak_rss_mb(reset: bool = False) -> float:
+def peak_rss_mb(reset: bool = False) -> float:
     """VmHWM of this process in MB; `reset` starts a new peak (Linux clear_refs 5)."""
     if reset:
         Path("/proc/self/clear_refs").write_text("5")
@@ -209,11 +209,11 @@ def timed_forward(model, inputs, metainfo: dict) -> dict:
     from mmdet.structures import DetDataSample
 
     batch = {"inputs": [inputs], "data_samples": [DetDataSample(metainfo=dict(metainfo))]}
-    _peak_rss_mb(reset=True)
+    peak_rss_mb(reset=True)
     start = time.perf_counter()
     with torch.no_grad():
         samples = model.test_step(batch)
-    return {"forward_s": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb(),
+    return {"forward_s": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(),
             "detections": detections_of(samples[0].pred_instances)}
 
 

@@ -28,16 +28,19 @@ def supported() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def linear(x: torch.Tensor, layer: nn.Linear, relu: bool = False, activation: str = "none") -> torch.Tensor:
-    """`layer(x)`, then `activation` ("none", "relu" or "gelu": exact, erf-based; `relu=True` is "relu"),
-    through oneDNN while installed and the inputs allow it."""
-    activation = "relu" if relu else activation
+# The activations `linear()` applies after the product, as torch computes them off the oneDNN path.
+_ACTIVATIONS = {"none": lambda t: t, "relu": torch.relu_, "gelu": F.gelu}
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, activation: str = "none") -> torch.Tensor:
+    """`layer(x)`, then `activation` ("none", "relu" or "gelu": exact, erf-based), through oneDNN while
+    installed and the inputs allow it."""
+    apply = _ACTIVATIONS[activation]
     if _enabled and _plain_cpu_float(x, layer):
         # oneDNN's GELU post-op takes its algorithm as the last argument: "none" is the exact (erf) form.
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, activation, [],
                                                   "none" if activation == "gelu" else "")
-    out = F.linear(x, layer.weight, layer.bias)
-    return {"relu": F.relu, "gelu": F.gelu}.get(activation, lambda t: t)(out)
+    return apply(F.linear(x, layer.weight, layer.bias))
 
 
 def exporting() -> bool:
