@@ -31,7 +31,7 @@ from codetr_serve.tools.local_torchserve import LocalTorchServe
 
 # First match wins, checked from the innermost frame outwards.
 STAGES = (("forward", "_forward_group"), ("decode + resize", "_decode_one"), ("encode JSON", "_encode_one"),
-          ("metrics", "_emit_metrics"), ("idle: waiting for a batch", "retrieve_msg"),
+          ("metrics", "_emit ("), ("idle: waiting for a batch", "retrieve_msg"),
           ("idle: waiting for a batch", "_retrieve_buffer"), ("idle: waiting for a batch", "recv"))
 
 

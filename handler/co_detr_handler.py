@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 
 import torch
-from ts.metrics.dimension import Dimension
+from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+from codetr_serve.runtime.after_reply import AfterReply
 from codetr_serve.runtime.codec import JSON_CONTENT_TYPE
 from codetr_serve.runtime.core import DetectorCore
-from codetr_serve.runtime.metrics import batch_metrics, worker_metrics
+from codetr_serve.runtime.metrics import MetricPoint, batch_metrics, worker_metrics
 from codetr_serve.runtime.settings import settings_from_context
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class CoDetrHandler(BaseHandler):
         log.info("co_detr settings: %s", settings)
         self.core = DetectorCore(settings)
         self.core.setup()
+        self.after_reply = AfterReply("codetr-metrics")
         self.initialized = True
 
     def preprocess(self, data):
@@ -52,13 +54,26 @@ class CoDetrHandler(BaseHandler):
             self.context.set_response_content_type(idx, JSON_CONTENT_TYPE)
             if reply.status != 200:
                 self.context.set_response_status(reply.status, reply.reason, idx)
-        self._emit_metrics()
-        return [reply.wire_body() for reply in replies]
+        bodies = [reply.wire_body() for reply in replies]
+        self.after_reply.submit(self._metrics_job())  # runs while the worker waits for its next batch
+        return bodies
 
-    def _emit_metrics(self) -> None:
+    def _metrics_job(self):
+        # The batch's points and request id are taken now; the job runs once the replies are out, when the
+        # context may already hold the next batch.
         batch_size = int(self.context.system_properties.get("batch_size") or 1)
-        for point in [*batch_metrics(self.core.last_stats, batch_size), *worker_metrics()]:
-            dimensions = [Dimension(name, value) for name, value in point.dimensions]
-            # idx=0: each metric line carries one request id instead of the whole batch's (~37 bytes each).
-            self.context.metrics.add_metric(point.name, point.value, point.unit, idx=0,
-                                            dimensions=dimensions, metric_type=_METRIC_TYPES[point.kind])
+        points, metrics = batch_metrics(self.core.last_stats, batch_size), self.context.metrics
+        request_id = self.context.get_request_id(0)  # one id per line, not the whole batch's (~37 bytes each)
+        return lambda: _emit(metrics, [*points, *worker_metrics()], request_id)
+
+
+def _emit(metrics, points: list[MetricPoint], request_id: str) -> None:
+    """One [METRICS] line per point through TorchServe's metrics cache (the frontend reads them)."""
+    for point in points:
+        kind = _METRIC_TYPES[point.kind]
+        labels = {**dict(point.dimensions), "ModelName": metrics.model_name, "Level": "Model"}
+        try:
+            metric = metrics.get_metric(point.name, kind)
+        except MetricsCacheKeyError:  # not in metrics.yaml: the frontend drops it in Prometheus mode
+            metric = metrics.add_metric_to_cache(point.name, point.unit, list(labels), kind)
+        metric.add_or_update(point.value, [labels[name] for name in metric.dimension_names], request_id)

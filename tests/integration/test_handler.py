@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,7 @@ def emitted_metrics(handler, context, caplog, batch: list[dict]) -> list[tuple[s
     start_batch(context, len(batch))
     with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
         handler.handle(batch, context)
+        assert handler.after_reply.drain(), "the batch's metric lines were not written within 30 s"
     lines = [r.getMessage() for r in caplog.records if r.name == "ts.metrics.caching_metric"]
     caplog.clear()
     assert not [line for line in lines if "Failed to update" in line], lines
@@ -172,6 +174,40 @@ def test_metrics_emitted_are_declared_and_histograms_are_cumulative(handler_and_
     assert values["CoDetrWorkerMemoryBytes"] > 50e6  # a worker with torch loaded holds far more than 50 MB
     rejected = [dims for name, _, _, dims, _ in points if name == "CoDetrRejectedInputs"]
     assert rejected == ["Reason:empty_input,ModelName:co_detr,Level:Model"]
+
+
+def test_replies_do_not_wait_for_the_metric_lines(handler_and_context):
+    """The metric lines are written once the replies are out (in the worker's wait for its next batch), and
+    still carry their own batch's request id when the next batch has started by then."""
+    handler, context = handler_and_context
+    gate, lines = threading.Event(), []
+
+    class SlowWriter(logging.Handler):  # our lines meet a frontend that reads the worker's stdout late
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("[METRICS]CoDetr"):  # not TorchServe's own HandlerTime
+                gate.wait(60)
+                lines.append(record.getMessage())
+
+    metric_log, writer, replies = logging.getLogger("ts.metrics.caching_metric"), SlowWriter(), []
+    metric_log.addHandler(writer)
+    level, metric_log.level = metric_log.level, logging.INFO
+    try:
+        start_batch(context, 2)
+        context.request_ids = {0: "batch-one-0", 1: "batch-one-1"}
+        answering = threading.Thread(target=lambda: replies.append(
+            handle(handler, [{"body": bytearray(encode_image(64, 64))}] * 2, context)))
+        answering.start()
+        answering.join(20)
+        assert replies, "handle() waited for its metric lines to be written"
+        start_batch(context, 1)
+        context.request_ids = {0: "batch-two-0"}
+    finally:
+        gate.set()
+        assert handler.after_reply.drain()
+        metric_log.removeHandler(writer)
+        metric_log.setLevel(level)
+    assert len(replies[0]) == 2 and all("detections" in body for body in replies[0])
+    assert len(lines) > 40 and all(line.endswith(",batch-one-0") for line in lines), lines[:3]
 
 
 def test_request_ids_reach_bodies_and_log_lines(handler_and_context, caplog):

@@ -17,7 +17,6 @@ string: the detections document of image i, or ``{"error": {...}}`` for that ima
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -89,7 +88,7 @@ class KServeV2(WireProtocol):
         body: dict[str, Any] = {"model_name": model.name, "model_version": model.version}
         if "id" in envelope.echo:
             body["id"] = envelope.echo["id"]
-        data = [json.dumps(answer.body, separators=(",", ":")) for answer in answers]
+        data = [codec.dumps_json(answer.body).decode("utf-8") for answer in answers]
         body["outputs"] = [{"name": OUTPUT_NAME, "shape": [len(data)], "datatype": "BYTES", "data": data}]
         if error is None:
             return Answer(status, body)
