@@ -189,6 +189,25 @@ def test_requests_are_logged_to_stdout_and_nothing_to_disk(pod: Pod) -> None:
     assert "POST /predictions/co_detr" in console and "[DEBUG]" not in console
 
 
+def test_metric_lines_reach_metrics_but_not_the_console(pod: Pod) -> None:
+    """TorchServe logs its copy of every metric line a worker prints (~65 per batch); the pod's log config
+    drops those copies, and /metrics still counts every image."""
+    def images_counted() -> float:
+        text = requests.get(pod.url("metrics", "/metrics"), timeout=10).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("CoDetrImages{"))
+
+    before = images_counted()
+    for _ in range(3):
+        assert predict(pod, encode_image(160, 120), pod.keys()["inference"]).status_code == 200
+    deadline = time.monotonic() + 30  # metric lines are written after the replies
+    while images_counted() < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert images_counted() == before + 3
+    console = pod.console()
+    assert "[METRICS]" not in console, [line for line in console.splitlines() if "[METRICS]" in line][:2]
+
+
 def test_a_zero_address_answers_on_ipv6_too(pod: Pod) -> None:
     try:
         socket.create_connection(("::1", pod.ports["metrics"]), timeout=5).close()
