@@ -12,7 +12,9 @@ thread goes on with the next one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -20,15 +22,21 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 Job = Callable[[], None]
+LOWEST_PRIORITY = 19  # nice value
 
 
 class AfterReply:
-    """A queue of jobs run one at a time, in order, on a daemon thread named `name`."""
+    """A queue of jobs run one at a time, in order, on a daemon thread named `name` at the lowest priority."""
 
     def __init__(self, name: str, max_pending: int = 8) -> None:
         self._jobs: queue.Queue[Job] = queue.Queue(max_pending)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    @property
+    def native_id(self) -> int | None:
+        """The thread's id for the OS (what `ps -L` and os.getpriority see)."""
+        return self._thread.native_id
 
     def submit(self, job: Job) -> None:
         """Queue `job`; waits while `max_pending` jobs are queued already."""
@@ -44,6 +52,11 @@ class AfterReply:
         return done.wait(timeout_s)
 
     def _run(self) -> None:
+        # Lowest CPU priority for this thread alone (Linux nice values are per thread): woken by `submit`, it
+        # would otherwise take the GIL whenever the worker's thread does I/O before its replies are sent
+        # and, on a worker with one core, keep it (1.0 ms of a tiny batch's reply path vs 0.18 ms at nice 19).
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
         while True:
             job = self._jobs.get()
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -52,3 +53,13 @@ def test_drain_gives_up_after_its_timeout() -> None:
     assert not runner.drain(0.1)
     release.set()
     assert runner.drain(5.0)
+
+
+def test_the_thread_runs_at_the_lowest_priority_and_the_caller_keeps_its_own() -> None:
+    # Woken by submit() while the worker's own thread still has replies to send, the thread must not win
+    # the core (and with it the GIL) from that thread.
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    runner = AfterReply("test-priority")
+    assert runner.drain(5.0)
+    assert os.getpriority(os.PRIO_PROCESS, runner.native_id) == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
