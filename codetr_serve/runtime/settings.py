@@ -122,6 +122,8 @@ def build_settings(overrides: Mapping[str, Any] | None, *, model_dir: str | Path
     if unknown:
         raise SettingsError(f"unknown handler setting(s) {unknown} in model-config.yaml; "
                             f"known settings: {sorted(_TUNABLES)}")
+    for name, value in (overrides or {}).items():
+        _check_type(name, value, values[name])
     values.update(overrides or {})
     values["test_scale"] = _parse_scale(values.get("test_scale"))
     values["weights_dir"] = values.get("weights_dir") or ""
@@ -129,6 +131,25 @@ def build_settings(overrides: Mapping[str, Any] | None, *, model_dir: str | Path
                                model_dir=Path(model_dir), device=device, **values)
     _validate(settings)
     return settings
+
+
+#: What YAML has to say for a setting whose default is of this type; a bool is never a number here.
+_KINDS = {bool: ("true or false", (bool,)), int: ("a whole number", (int,)),
+          float: ("a number", (int, float)), str: ("a string", (str,))}
+
+
+def _check_type(name: str, value: Any, default_value: Any) -> None:
+    """Refuse an override of the wrong YAML type: quoted "false" would otherwise read as true, and "0.5"
+    would fail later with a TypeError instead of naming the setting."""
+    kind = _KINDS.get(type(default_value))
+    if kind is None:  # test_scale (null or a list): _parse_scale checks it
+        return
+    words, types = kind
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return
+    hint = " (remove the quotes)" if isinstance(value, str) else ""
+    raise SettingsError(f"{name} must be {words}, like its default {default_value!r}; got {value!r} "
+                        f"({type(value).__name__}){hint} (handler section of model-config.yaml)")
 
 
 def _parse_scale(value: Any) -> tuple[int, int] | None:

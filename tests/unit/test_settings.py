@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -38,6 +39,36 @@ def test_overrides_and_random_weights():
 def test_bad_settings_are_refused_with_a_fix(overrides, words):
     with pytest.raises(SettingsError, match=words):
         build_settings(overrides, model_dir="/m", device="cpu")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("fp16", "false"),                 # quoted in YAML: a non-empty string, which Python reads as true
+    ("keep_freed_memory", "no"),
+    ("score_threshold", "0.5"),
+    ("score_threshold", True),         # YAML's true is not a number
+    ("max_detections", 100.0),
+    ("max_detections", "100"),
+    ("warmup_runs", 1.5),
+    ("torch_threads", False),
+    ("cpu_msda", 1),
+    ("log_level", None),
+    ("config_file", ["model_config.py"]),
+])
+def test_a_value_of_the_wrong_yaml_type_is_refused_by_name(name, value):
+    with pytest.raises(SettingsError, match=rf"^{name} must be .* got {re.escape(repr(value))}"):
+        build_settings({name: value}, model_dir="/m", device="cpu")
+
+
+def test_a_quoted_value_is_told_to_lose_its_quotes():
+    with pytest.raises(SettingsError, match=r"remove the quotes"):
+        build_settings({"fp16": "false"}, model_dir="/m", device="cuda:0")
+
+
+def test_every_typed_default_accepts_its_own_type():
+    defaults = load_defaults()
+    typed = {name: value for name, value in defaults.items() if isinstance(value, bool | int | float | str)}
+    assert build_settings(typed, model_dir="/m", device="cpu").score_threshold == defaults["score_threshold"]
+    assert build_settings({"score_threshold": 1}, model_dir="/m", device="cpu").score_threshold == 1
 
 
 def test_context_is_read_in_one_place():
