@@ -118,11 +118,17 @@ stage_wheels() {
   torch_pin=$(sed -n 's/^torch==//p' requirements/constraints.txt)
   # Behind a TLS-inspecting proxy pip needs the host's CA bundle (PIP_CERT); the builder stages use it.
   if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then cp "$PIP_CERT" "$dest/torch/ca-bundle.pem"; say "CA bundle: $PIP_CERT"; fi
-  if [ -n "${TORCH_WHEEL_DIR:-}" ]; then
-    for whl in "$TORCH_WHEEL_DIR"/torch-"$torch_pin"+"$flavour"-cp311-*.whl; do
-      [ -f "$whl" ] && { link_or_copy "$whl" "$dest/torch/"; say "torch wheel: $whl"; }
+  # TORCH_WHEEL_DIR, else the local folders of pip's find-links (PIP_FIND_LINKS): where `make setup` found
+  # its +cpu torch, so that `make image` on the same host takes the same 0.2 GB wheel instead of falling
+  # back to PyPI's CUDA build (a 6.2 GB "cpu" image, measured 2026-12-04).
+  local dir
+  for dir in ${TORCH_WHEEL_DIR:-${PIP_FIND_LINKS:-}}; do
+    dir=${dir#file://}
+    [ -d "$dir" ] || continue
+    for whl in "$dir"/torch-"$torch_pin"+"$flavour"-cp311-*.whl; do
+      [ -f "$whl" ] && { link_or_copy "$whl" "$dest/torch/"; say "torch wheel: $whl"; return 0; }
     done
-  fi
+  done
   return 0
 }
 

@@ -18,7 +18,8 @@ WHEEL = "mmcv-2.1.0-cp311-cp311-linux_x86_64.whl"
 
 def build_sh(*args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
-             if k not in {"VARIANT", "TORCH_CUDA", "IMAGE", "WHEEL_CACHE", "TORCH_WHEEL_DIR", "PIP_CERT"}}
+             if k not in {"VARIANT", "TORCH_CUDA", "IMAGE", "WHEEL_CACHE", "TORCH_WHEEL_DIR", "PIP_CERT",
+                          "PIP_FIND_LINKS"}}
     return subprocess.run(["bash", str(BUILD), *args], capture_output=True, text=True, env={**clean, **env},
                           cwd=REPO)
 
@@ -72,6 +73,25 @@ def test_a_cached_mmcv_wheel_is_staged_where_the_builder_looks(tmp_path, variant
     assert context == "docker/wheels/mmcv/"
     assert path_in_builder == f"{wheel_cache.rstrip('/')}/{sub}{WHEEL}"
     assert not any(stage.rglob("*.whl")), "staged wheels are removed when build.sh ends"
+
+
+@pytest.mark.parametrize("source", ["TORCH_WHEEL_DIR", "PIP_FIND_LINKS"])
+def test_a_local_torch_wheel_of_the_flavour_is_staged(tmp_path, source):
+    # `make setup` takes a +cpu torch from pip's find-links; `make image` used to ignore them and, with
+    # PyTorch's CPU index out of reach, built a 6.2 GB "cpu" image around PyPI's CUDA torch.
+    pin = re.search(r"^torch==(\S+)$", (REPO / "requirements" / "constraints.txt").read_text(), re.M).group(1)
+    wheels, stage = tmp_path / "wheels", tmp_path / "stage"
+    wheels.mkdir()
+    cpu = f"torch-{pin}+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+    for name in (cpu, f"torch-{pin}+cu128-cp311-cp311-manylinux_2_28_x86_64.whl",
+                 "torch-2.0.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"):
+        (wheels / name).write_bytes(b"")
+    value = str(wheels) if source == "TORCH_WHEEL_DIR" else f"https://wheels.example.invalid/ file://{wheels}"
+    out = build_sh("stage", WHEEL_CACHE=str(tmp_path / "no-cache"), WHEEL_STAGE=str(stage), **{source: value})
+    assert out.returncode == 0, out.stderr
+    staged = [Path(line).relative_to(stage).as_posix() for line in out.stdout.splitlines()
+              if line.startswith(str(stage))]
+    assert staged == [f"torch/{cpu}"]
 
 
 def test_the_mmcv_build_reports_wall_and_cpu_time(tmp_path):
