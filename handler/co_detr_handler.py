@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 import torch
-from ts.metrics.metric_cache_errors import MetricsCacheKeyError
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
@@ -70,10 +69,6 @@ class CoDetrHandler(BaseHandler):
 def _emit(metrics, points: list[MetricPoint], request_id: str) -> None:
     """One [METRICS] line per point through TorchServe's metrics cache (the frontend reads them)."""
     for point in points:
-        kind = _METRIC_TYPES[point.kind]
         labels = {**dict(point.dimensions), "ModelName": metrics.model_name, "Level": "Model"}
-        try:
-            metric = metrics.get_metric(point.name, kind)
-        except MetricsCacheKeyError:  # not in metrics.yaml: the frontend drops it in Prometheus mode
-            metric = metrics.add_metric_to_cache(point.name, point.unit, list(labels), kind)
+        metric = metrics.get_metric(point.name, _METRIC_TYPES[point.kind])  # declared in metrics.yaml
         metric.add_or_update(point.value, [labels[name] for name in metric.dimension_names], request_id)

@@ -133,7 +133,7 @@ def build_settings(overrides: Mapping[str, Any] | None, *, model_dir: str | Path
     return settings
 
 
-#: What YAML has to say for a setting whose default is of this type; a bool is never a number here.
+#: What YAML has to say for a setting whose default is of this type.
 _KINDS = {bool: ("true or false", (bool,)), int: ("a whole number", (int,)),
           float: ("a number", (int, float)), str: ("a string", (str,))}
 
@@ -145,7 +145,7 @@ def _check_type(name: str, value: Any, default_value: Any) -> None:
     if kind is None:  # test_scale (null or a list): _parse_scale checks it
         return
     words, types = kind
-    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+    if type(value) in types:  # exact types: YAML's true is a bool, never an int
         return
     hint = " (remove the quotes)" if isinstance(value, str) else ""
     raise SettingsError(f"{name} must be {words}, like its default {default_value!r}; got {value!r} "

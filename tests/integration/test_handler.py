@@ -123,6 +123,7 @@ METRIC_LINE = re.compile(r"\[METRICS\](\w+)\.(\w+):([\d.e-]+)\|#(.*?)\|#type:(\w
 
 def emitted_metrics(handler, context, caplog, batch: list[dict]) -> list[tuple[str, str, float, str, str]]:
     """(name, unit, value, dimensions, type) of every [METRICS] line the handler printed for one batch."""
+    assert handler.after_reply.drain(), "an earlier batch's metric lines were still being written"
     start_batch(context, len(batch))
     with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
         handler.handle(batch, context)
