@@ -36,6 +36,9 @@ class Side:
     mean_batch: float = float("nan")
     latencies_ms: tuple[float, ...] = ()
     forward_s: float = float("nan")  # time in the model's forward (CoDetrForwardSeconds); NaN: baseline
+    # The worker's wait before each batch but the phase's first (CoDetrWorkerWaitSeconds): the front end's
+    # turnaround with requests queued. The first one spans the time since this model's previous phase.
+    waits_ms: tuple[float, ...] = ()
 
 
 def loaded_phase(server: LocalTorchServe, plan: ModelPlan, name: str, image: Path, out: Path) -> Side:
@@ -47,14 +50,20 @@ def loaded_phase(server: LocalTorchServe, plan: ModelPlan, name: str, image: Pat
     latencies = tuple(r["latency_ms"] for r in result["records"] if r["status"] == 200)
     mean_batch = server_batches(server, before, server.metrics_text())[0]
     forward_s = sum(worker_forwards_ms(server, before[1], name)) / 1000.0 or float("nan")
+    waits = worker_seconds_ms(server, before[1], name, "CoDetrWorkerWaitSeconds_sum")[1:]
     return Side(len(latencies), result["duration_s"], len(result["records"]) - len(latencies), mean_batch,
-                latencies, forward_s)
+                latencies, forward_s, tuple(waits))
 
 
 def worker_forwards_ms(server: LocalTorchServe, log_start: int, name: str) -> list[float]:
     """Every forward of model `name` logged since `log_start`, in ms, as its worker timed it."""
+    return worker_seconds_ms(server, log_start, name, "CoDetrForwardSeconds_sum")
+
+
+def worker_seconds_ms(server: LocalTorchServe, log_start: int, name: str, metric: str) -> list[float]:
+    """Every observation of a seconds histogram's `metric` (its _sum) by model `name`'s workers, in ms."""
     lines = metric_log(server)[log_start:].splitlines()
-    return [1000.0 * s for s in metrics_parse.log_metric_values(lines, "CoDetrForwardSeconds_sum", name)]
+    return [1000.0 * s for s in metrics_parse.log_metric_values(lines, metric, name)]
 
 
 def light_phase(server: LocalTorchServe, plan: ModelPlan, image: Path, out: Path) -> dict:
@@ -230,9 +239,11 @@ def _loaded_split(rounds: list[dict]) -> dict[str, float]:
         images, seconds, forward_s = (sum(r["loaded"][side][key] for r in rounds)
                                       for key in ("images", "seconds", "forward_s"))
         speed[side], duty[side] = stats.ratio(images, forward_s), stats.ratio(forward_s, seconds)
+    waits = [ms for r in rounds for ms in r["loaded"]["tuned"].get("waits_ms", ())]
     return {"efficiency_speed": stats.ratio(speed["tuned"], speed["ceiling"]),
             "efficiency_duty": stats.ratio(duty["tuned"], duty["ceiling"]),
-            "duty_served": duty["tuned"], "duty_inprocess": duty["ceiling"]}
+            "duty_served": duty["tuned"], "duty_inprocess": duty["ceiling"],
+            "wait_served_ms": stats.percentile(waits, 50)}
 
 
 def _light_split(rounds: list[dict]) -> dict[str, float]:

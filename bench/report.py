@@ -97,7 +97,9 @@ def decomposition_table(split: Mapping[str, float]) -> str:
         "| ratio | part due to the model's own speed in each process | serving path "
         "| the ratio with forwards equal |", "|---|---|---|---|",
         f"| serving efficiency | {f['efficiency_speed']} | busy share of wall time: {f['duty_served']} "
-        f"served vs {f['duty_inprocess']} in-process | {f['efficiency_duty']} |",
+        f"served vs {f['duty_inprocess']} in-process; the served worker waits "
+        f"{fmt(split.get('wait_served_ms', float('nan')), '{:.1f}')} ms for each next batch (median) "
+        f"| {f['efficiency_duty']} |",
         f"| low-traffic penalty | {f['penalty_forward']} | rest of a c=1 request: "
         f"{fmt(split['rest_tuned_ms'], '{:.0f}')} ms tuned vs {fmt(split['rest_bs1_ms'], '{:.0f}')} ms bs1 "
         f"| {f['penalty_forward_equal']} |"])

@@ -56,6 +56,9 @@ class BatchStats:
     inference_ms: float = 0.0
     postprocess_ms: float = 0.0
     batch_size: int = 0
+    # From the previous batch's replies being encoded to this batch's decode: under load, the front end's
+    # turnaround; None for a worker's first batch.
+    wait_ms: float | None = None
     detections_per_image: list[int] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
 

@@ -80,6 +80,7 @@ class DetectorCore:
         self._decode_threads = settings.decode_threads or min(4, decode_cpu_count())
         self._decode_pool: ThreadPoolExecutor | None = None
         self._stats_lock = threading.Lock()
+        self._encoded_at: float | None = None  # perf_counter when the previous batch's replies were ready
         self._request_ids: list[str] = []  # the current batch's, one per request (see `decode`)
         self._wires: list[protocol.WireProtocol] = []  # the protocol each request answers in
         self._request_limits = codec.RequestLimits(max_bytes=settings.max_image_bytes,
@@ -134,8 +135,9 @@ class DetectorCore:
 
         `request_ids` are the front end's own ids (TorchServe's), used when a request has no valid
         X-Request-ID (see `codec.request_id`); `encode` puts each request's id into its reply."""
-        self.last_stats = BatchStats()
         start = time.perf_counter()
+        waited = None if self._encoded_at is None else (start - self._encoded_at) * 1000.0
+        self.last_stats = BatchStats(wait_ms=waited)
         headers = headers or [{}] * len(requests)
         fallbacks = request_ids or [None] * len(requests)
         self._request_ids = [codec.request_id(h, fb) for h, fb in zip(headers, fallbacks, strict=True)]
@@ -259,6 +261,7 @@ class DetectorCore:
                    for item, output, wire in zip(items, outputs, wires, strict=True)]
         trace_replies(items, replies, self._request_ids)
         self.last_stats.postprocess_ms = _elapsed_ms(start)
+        self._encoded_at = time.perf_counter()
         return replies
 
     def _encode_request(self, item: Item, outputs: Any, wire: protocol.WireProtocol) -> Reply:

@@ -65,13 +65,16 @@ def _le_label(bound: float) -> str:
 FAST_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # One batched forward: ~30 ms (GPU, FP16) to several minutes (Swin-L on CPU: 254 s per image here).
 FORWARD_SECONDS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+# A worker's wait between batches: a few ms of front-end turnaround under load, seconds to hours when idle.
+WAIT_SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1.0, 10.0, 60.0)
 BATCH_SIZES = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 PREPROCESS = Histogram("CoDetrPreprocessSeconds", "s", FAST_SECONDS)
 FORWARD = Histogram("CoDetrForwardSeconds", "s", FORWARD_SECONDS)
 POSTPROCESS = Histogram("CoDetrPostprocessSeconds", "s", FAST_SECONDS)
 BATCH_SIZE = Histogram("CoDetrBatchSize", "count", BATCH_SIZES)
-HISTOGRAMS = (PREPROCESS, FORWARD, POSTPROCESS, BATCH_SIZE)
+WAIT = Histogram("CoDetrWorkerWaitSeconds", "s", WAIT_SECONDS)
+HISTOGRAMS = (PREPROCESS, FORWARD, POSTPROCESS, BATCH_SIZE, WAIT)
 
 # name -> (unit, kind, extra dimension names) of the plain counters and gauges.
 SCALARS: dict[str, tuple[str, MetricKind, tuple[str, ...]]] = {
@@ -94,6 +97,9 @@ MEANING: dict[str, str] = {
     "CoDetrForwardSeconds": "one batch's forward(s) on the model's device",
     "CoDetrPostprocessSeconds": "one batch's detections -> JSON",
     "CoDetrBatchSize": "images in one batch's forward",
+    "CoDetrWorkerWaitSeconds": "a worker's wait from one batch's replies to the next batch's arrival (under "
+                               "load: TorchServe's turnaround; a large share of the wall time at full queues "
+                               "means the front end, not the model, is the limit)",
     "CoDetrBatches": "batches with at least one image (= CoDetrBatchSize_count)",
     "CoDetrImages": "images through the model (= CoDetrBatchSize_sum)",
     "CoDetrDetections": "detections returned; divide by CoDetrImages for the mean per image",
@@ -127,6 +133,8 @@ def batch_metrics(stats: BatchStats, configured_batch_size: int) -> list[MetricP
     points = [*PREPROCESS.observe(stats.preprocess_ms / 1000.0),
               *POSTPROCESS.observe(stats.postprocess_ms / 1000.0),
               _point("CoDetrConfiguredBatchSize", configured_batch_size)]
+    if stats.wait_ms is not None:
+        points += WAIT.observe(stats.wait_ms / 1000.0)
     if stats.batch_size:
         points += [*FORWARD.observe(stats.inference_ms / 1000.0), *BATCH_SIZE.observe(stats.batch_size),
                    _point("CoDetrBatches", 1), _point("CoDetrImages", stats.batch_size),

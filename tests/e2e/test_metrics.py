@@ -53,6 +53,22 @@ def test_latency_and_batch_size_histograms_through_torchserve(server):
     assert queue and queue[0].value > 0
 
 
+def test_worker_wait_is_the_idle_time_between_batches(server):
+    images = series(scrape(server), "CoDetrImages").get("", 0.0)
+    for _ in range(2):  # a worker's first batch has no wait: make sure the second one is behind us
+        assert post(server, JPEG).status_code == 200
+    before = settled_scrape(server, images + 2)
+    time.sleep(0.5)  # the worker idles: the next batch's wait includes this pause
+    assert post(server, JPEG).status_code == 200
+    after = settled_scrape(server, images + 3)
+    (old, old_sum, old_count), (new, new_sum, new_count) = (histogram(before, "CoDetrWorkerWaitSeconds"),
+                                                            histogram(after, "CoDetrWorkerWaitSeconds"))
+    waited = new_sum - old_sum
+    assert new_count - old_count == 1 and 0.5 <= waited < 10.0
+    increments = {bound: new[bound] - old[bound] for bound in new}
+    assert increments == {bound: float(waited <= bound) for bound in new}
+
+
 def test_request_ids_in_bodies_headers_and_rejection_logs(server):
     bad = post(server, b"GIF89a....", {"X-Request-ID": "e2e-bad-1"})
     assert bad.status_code == 415

@@ -25,7 +25,8 @@ def side(images: int, seconds: float, errors: int = 0, latencies=(), mean_batch:
 def one_round(index: int, ceiling_s: float, tuned_s: float, baseline_s: float, tuned_ms, bs1_ms) -> dict:
     return {"round": index, "order": ["ceiling", "tuned", "baseline"],
             "ceiling_device": {"device": "cpu", "threads": 1},
-            "loaded": {"ceiling": side(32, ceiling_s), "tuned": side(32, tuned_s, latencies=[100.0] * 32),
+            "loaded": {"ceiling": side(32, ceiling_s),
+                       "tuned": {**side(32, tuned_s, latencies=[100.0] * 32), "waits_ms": [index, 3.0, 5.0]},
                        "baseline": side(32, baseline_s, latencies=[200.0] * 32, mean_batch=math.nan)},
             "light": {"tuned": list(tuned_ms), "bs1": list(bs1_ms), "tuned_forward_ms": 90.0,
                       "bs1_forward_ms": 95.0, "errors": 0}}
@@ -158,7 +159,8 @@ def test_decomposition_separates_model_speed_from_the_serving_path() -> None:
     assert split["penalty_forward_equal"] == pytest.approx(1.064)
     table = report.decomposition_table(split)
     lines = table.splitlines()
+    assert split["wait_served_ms"] == pytest.approx(3.0)  # median of 1, 3, 5, 2, 3, 5 over both rounds
     assert lines[2] == ("| serving efficiency | 0.952 | busy share of wall time: 0.900 served vs 0.900 "
-                        "in-process | 1.000 |")
+                        "in-process; the served worker waits 3.0 ms for each next batch (median) | 1.000 |")
     assert lines[3] == ("| low-traffic penalty | 0.947 | rest of a c=1 request: 38 ms tuned vs 30 ms bs1 "
                         "| 1.064 |")

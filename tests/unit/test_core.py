@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from mmcv.transforms import Compose
@@ -65,6 +67,19 @@ def test_bad_items_keep_their_place_and_stats_count_them(core):
     assert stats.batch_size == 1
     assert dict(stats.rejected) == {"empty_input": 1, "missing_image": 1, "undecodable_image": 1}
     assert stats.detections_per_image == [len(replies[1].body["detections"])]
+
+
+def test_wait_between_batches_is_the_time_since_the_last_replies(tiny_model_dir):
+    fresh = DetectorCore(build_settings({"warmup_runs": 0}, model_dir=tiny_model_dir, device="cpu"))
+    fresh.setup()
+    image = {"body": encode_image(64, 48, seed=3)}
+    fresh.handle([image])
+    assert fresh.last_stats.wait_ms is None  # a worker's first batch has nothing to wait after
+    time.sleep(0.2)
+    fresh.handle([image])
+    assert 200.0 <= fresh.last_stats.wait_ms < 2000.0
+    fresh.handle([image])
+    assert fresh.last_stats.wait_ms < 200.0  # measured from the previous batch's end, not the first one's
 
 
 def test_response_uses_settings_and_per_request_options(core):
