@@ -22,7 +22,7 @@ from bench.inprocess import CeilingProcess
 from bench.pinning import CoreSplit, frontend_pids, pinned, split_cores
 from bench.plan import ModelPlan
 from bench.report import SIDES
-from bench.runner import Row, loadgen, metric_log, server_batches
+from bench.runner import Row, loadgen, metric_lines_since, metric_log, server_batches
 from codetr_serve.tools.local_torchserve import LocalTorchServe
 
 
@@ -62,7 +62,7 @@ def worker_forwards_ms(server: LocalTorchServe, log_start: int, name: str) -> li
 
 def worker_seconds_ms(server: LocalTorchServe, log_start: int, name: str, metric: str) -> list[float]:
     """Every observation of a seconds histogram's `metric` (its _sum) by model `name`'s workers, in ms."""
-    lines = metric_log(server)[log_start:].splitlines()
+    lines = metric_lines_since(server, log_start)
     return [1000.0 * s for s in metrics_parse.log_metric_values(lines, metric, name)]
 
 

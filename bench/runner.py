@@ -21,6 +21,8 @@ from bench.server import REPO, Sampler
 from bench.variants import ServeConfig, make_variant
 from codetr_serve.tools.local_torchserve import LocalTorchServe
 
+LOG_CONFIG = Path(__file__).resolve().with_name("log4j2.xml")  # files, no rollover: see its comment
+
 
 @dataclass
 class Row:
@@ -107,6 +109,16 @@ def metric_log(server: LocalTorchServe) -> str:
     return server.log_text("model_metrics.log") or server.log_text("ts_log.log")
 
 
+def metric_lines_since(server: LocalTorchServe, start: int) -> list[str]:
+    """The metric log's lines after character `start` (a length taken before a phase)."""
+    text = metric_log(server)
+    if len(text) < start:
+        raise RuntimeError(f"TorchServe's log shrank from {start} to {len(text)} characters during a "
+                           "phase (rolled over?): its per-batch figures are lost; bench/log4j2.xml must "
+                           "not roll it")
+    return text[start:].splitlines()
+
+
 def server_batches(server: LocalTorchServe, before: tuple[str, int],
                    after_text: str) -> tuple[float, str, float]:
     """Mean batch (CoDetrImages/CoDetrBatches deltas), batch sizes and mean forward ms (from the log)."""
@@ -114,7 +126,7 @@ def server_batches(server: LocalTorchServe, before: tuple[str, int],
               - metrics_parse.prometheus_values(before[0], "CoDetrImages"))
     batches = (metrics_parse.prometheus_values(after_text, "CoDetrBatches")
                - metrics_parse.prometheus_values(before[0], "CoDetrBatches"))
-    lines = metric_log(server)[before[1]:].splitlines()
+    lines = metric_lines_since(server, before[1])
     histogram = metrics_parse.batch_histogram(metrics_parse.log_metric_values(lines, "CoDetrBatchSize_sum"))
     forward_ms = 1000.0 * _mean(metrics_parse.log_metric_values(lines, "CoDetrForwardSeconds_sum"))
     return metrics_parse.mean_batch(images, batches), metrics_parse.format_histogram(histogram), forward_ms
@@ -148,7 +160,8 @@ def serve_all(plan: ModelPlan, base: Path, work: Path, image: Path) -> Iterator[
     store = work / "store"
     for cfg in plan.configs:
         make_variant(base, store / cfg.name, cfg.model_config(plan.handler), baseline=cfg.baseline)
-    with LocalTorchServe(work / "ts", store, {cfg.name: cfg.name for cfg in plan.configs}) as server:
+    with LocalTorchServe(work / "ts", store, {cfg.name: cfg.name for cfg in plan.configs},
+                         flags=("--log-config", str(LOG_CONFIG))) as server:
         server.ready_s = server.wait_ready(deadline_s=900)
         for cfg in plan.configs:
             warm(server, cfg.name, image)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from bench import metrics_parse
+import pytest
+
+from bench import metrics_parse, runner
 
 PROMETHEUS = """\
 # HELP CoDetrImages Torchserve prometheus counter metric with unit: count
@@ -59,3 +61,19 @@ def test_log_metric_values_of_one_model_only() -> None:
              for i, (ms, model) in enumerate([(80.5, "tuned"), (99.0, "tuned_v2"), (70.0, "bs1")])]
     assert metrics_parse.log_metric_values(lines, "CoDetrInferenceMs", "tuned") == [80.5]
     assert metrics_parse.log_metric_values(lines, "CoDetrInferenceMs") == [80.5, 99.0, 70.0]
+
+
+def test_a_log_that_shrank_during_a_phase_is_an_error_not_a_short_phase():
+    class Server:
+        text = "x" * 100
+
+        def log_text(self, name: str) -> str:
+            return self.text if name == "ts_log.log" else ""
+
+    server = Server()
+    start = len(runner.metric_log(server))
+    server.text += "\n[METRICS]a.Count:1|#\n"
+    assert runner.metric_lines_since(server, start) == ["", "[METRICS]a.Count:1|#"]
+    server.text = "rolled\n"
+    with pytest.raises(RuntimeError, match="rolled over"):
+        runner.metric_lines_since(server, start)
