@@ -169,8 +169,12 @@ def dumps_json(value: Any) -> bytes:
 
 
 def check_json_depth(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """Raise InvalidJSON if objects/arrays nest deeper than ``max_depth``; iterative, so any depth is safe."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    """Raise InvalidJSON if objects/arrays nest deeper than ``max_depth``; iterative, so any depth is safe.
+
+    Only objects and arrays are walked: a scalar (a JSON document may be one) has no depth to check, and
+    walking a top-level string would visit each of its characters.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, Mapping | list) else []
     while stack:
         node, depth = stack.pop()
         children = node.values() if isinstance(node, Mapping) else node

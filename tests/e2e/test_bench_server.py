@@ -24,9 +24,9 @@ def test_bench_log_config_keeps_per_batch_lines_at_info_without_rolling(tmp_path
     with LocalTorchServe(tmp_path / "ts", tmp_path / "store", {"tiny": "tiny"},
                          flags=("--log-config", str(runner.LOG_CONFIG))) as server:
         server.wait_ready(300)
-        client, start = client_for(server), len(runner.metric_log(server))
+        url, start = f"{client_for(server).inference_url}/predictions/tiny", len(runner.metric_log(server))
         for seed in (1, 2):  # one at a time: two batches, the second with a wait before it
-            reply = requests.post(f"{client.inference_url}/predictions/tiny", data=encode_image(96, 64, seed=seed),
+            reply = requests.post(url, data=encode_image(96, 64, seed=seed),
                                   headers={"Authorization": f"Bearer {server.key()}"}, timeout=120)
             assert reply.status_code == 200
         deadline = time.monotonic() + 30

@@ -44,8 +44,11 @@ def code_of(body: dict) -> str:
     ("v2", json.dumps(v2_body([1])), {"Inference-Header-Content-Length": HUGE}, "invalid_envelope"),
     ("v2", json.dumps(v2_body([2] * 20_000)), {}, "invalid_envelope"),
     ("v2", json.dumps(v2_body([1] * 2_000_000)), {}, "invalid_envelope"),  # a 6 MB shape
+    # a JSON header that is a number, not an object (was a 500 from the depth check: make fuzz found it)
+    ("v2", "9" * 108 + json.dumps(v2_body([1])), {"Inference-Header-Content-Length": "108"},
+     "invalid_envelope"),
 ], ids=["header-5000-digits", "threshold-400-digits", "json-int-5000-digits", "length-superscript",
-        "length-5000-digits", "shape-20000-dims", "shape-6-MB"])
+        "length-5000-digits", "shape-20000-dims", "shape-6-MB", "json-header-a-number"])
 def test_a_mistake_in_a_number_is_a_small_400(server, route, data, headers, code):
     url = server.predict_url() if route == "predictions" else v2_url(server)
     # A JSON content type makes TorchServe parse the body itself, and a parsed body has no binary tail to

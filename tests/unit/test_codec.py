@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from codetr_serve.runtime import codec
 from codetr_serve.runtime.codec import ParsedRequest, RequestLimits, RequestOptions, decode_base64_text
 from codetr_serve.runtime.errors import (
     EmptyInput,
@@ -203,6 +204,17 @@ def test_json_image_field_not_a_string(value: Any) -> None:
 def test_malformed_json(body: Any) -> None:
     with pytest.raises(InvalidJSON, match="not valid JSON"):
         parse({"body": body})
+
+
+class _Unwalkable(str):
+    def __iter__(self):
+        raise AssertionError("the depth check walked a string's characters")
+
+
+def test_depth_check_walks_only_objects_and_arrays() -> None:
+    # A JSON document may be a bare string; walking its characters cost 6 s for a 30 MB header.
+    codec.check_json_depth(_Unwalkable("x" * 100))
+    codec.check_json_depth({"a": [_Unwalkable("y"), {"b": 1}]})
 
 
 @pytest.mark.parametrize("body", [[{"image": B64}], b'[{"image": "x"}]'])

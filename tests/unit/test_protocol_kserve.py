@@ -192,6 +192,14 @@ def test_binary_tail_that_does_not_add_up_is_refused() -> None:
             headers={"inference-header-content-length": str(len(v1))})
 
 
+@pytest.mark.parametrize("head", [b"123", b"1.5", b"true", b"null", b'"abc"', b"9" * 108],
+                         ids=["int", "float", "true", "null", "string", "108-digit-int"])
+def test_a_json_header_that_is_a_scalar_is_a_4xx_not_a_server_fault(head: bytes) -> None:
+    # A valid JSON document need not be an object: these once failed inside the depth check (a 500).
+    refused(bytearray(head + b"tail"), InvalidEnvelope, "JSON header before the binary data is not an object",
+            headers={"Inference-Header-Content-Length": str(len(head))})
+
+
 @pytest.mark.parametrize("declared", ["²", "١٢", "１２", "12.0", "-1", "0x10", "9" * 5000, "", "1" * 33],
                          ids=["superscript", "arabic", "fullwidth", "decimal", "negative", "hex",
                               "5000-digits", "empty", "33-digits"])
