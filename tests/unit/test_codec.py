@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import tracemalloc
+from collections import OrderedDict
 from typing import Any
 
 import pytest
@@ -204,6 +205,23 @@ def test_json_image_field_not_a_string(value: Any) -> None:
 def test_malformed_json(body: Any) -> None:
     with pytest.raises(InvalidJSON, match="not valid JSON"):
         parse({"body": body})
+
+
+def _nested(levels: int) -> object:
+    """Objects and arrays alternating, `levels` deep in all: {"a": [{"a": [...]}]}."""
+    value: object = "leaf"
+    for level in range(levels):
+        value = [value, 1] if level % 2 else {"a": value, "b": None}
+    return value
+
+
+@pytest.mark.parametrize("root", [dict, OrderedDict])
+def test_depth_limit_is_exact_whatever_the_mapping_type(root: type) -> None:
+    deepest = {"x": _nested(codec.MAX_JSON_DEPTH - 1), "wide": list(range(1000))}
+    codec.check_json_depth(root(deepest))
+    with pytest.raises(InvalidJSON, match=f"more than {codec.MAX_JSON_DEPTH} levels deep"):
+        codec.check_json_depth(root({"x": _nested(codec.MAX_JSON_DEPTH), "y": 1}))
+    codec.check_json_depth([_nested(3)] * 10_000)  # wide, shallow: fine
 
 
 class _Unwalkable(str):
