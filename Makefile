@@ -75,7 +75,7 @@ BENCH_ARGS ?=
 bench: $(ENV_STAMP)  ## benchmark TorchServe serving on loopback and write bench/results/<timestamp>/report.md
 	$(PY) -m bench.run $(BENCH_ARGS)
 
-.PHONY: bench-msda bench-cpu bench-decode bench-onnx
+.PHONY: bench-msda bench-cpu bench-decode bench-hostile bench-onnx
 bench-msda: $(ENV_STAMP)  ## CPU deformable attention: compiled op vs mmcv fallback, op level + R50 forward (~6 min)
 	$(PY) -m bench.msda $(BENCH_ARGS)
 
@@ -87,6 +87,9 @@ bench-onnx: $(ENV_STAMP)  ## ONNX Runtime CPU vs PyTorch (compiled op), Co-DINO 
 
 bench-decode: $(ENV_STAMP)  ## a batch of 8 1920x1080 JPEGs decoded serially vs in parallel
 	$(PY) -m bench.decode $(BENCH_ARGS)
+
+bench-hostile: $(ENV_STAMP)  ## what ~24 MB hostile JSON bodies cost a worker before refusal, vs a real image
+	$(PY) -m bench.hostile $(BENCH_ARGS)
 
 # ---- fuzzing ---------------------------------------------------------------------------------------------
 # Coverage-guided (atheris/libFuzzer) over headers -> protocol/codec -> decode -> limits -> preparation, no
