@@ -107,7 +107,8 @@ def option_fields(source: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _as_json_if_json(value: Any) -> Any:
-    """Parse bytes/str that hold JSON (first non-blank char ``{`` or ``[``); other values pass through.
+    """Parse bytes/str that hold a JSON object (first non-blank char ``{``); refuse an array (``[``)
+    unparsed; other values pass through.
 
     No supported image format starts with ``{`` or ``[``, so this cannot mistake an image for JSON.
     A structure TorchServe already parsed (``application/json``) is held to the same nesting bound.
@@ -120,12 +121,11 @@ def _as_json_if_json(value: Any) -> Any:
     if not isinstance(value, bytes | bytearray | str):
         return value
     head = value.lstrip()[:1]
-    if head not in (b"{", b"[", "{", "["):
-        return value
-    parsed = loads_json(value)
-    if isinstance(parsed, list):
+    if head in (b"[", "["):  # refused whatever it holds, so not parsed (a 24 MB array took 1.3 s to)
         raise _json_array_error()
-    return parsed
+    if head not in (b"{", "{"):
+        return value
+    return loads_json(value)
 
 
 #: Deepest JSON nesting accepted. Our bodies need 1-4 levels (a KServe v2 tensor a few more); Python's

@@ -235,7 +235,7 @@ def test_depth_check_walks_only_objects_and_arrays() -> None:
     codec.check_json_depth({"a": [_Unwalkable("y"), {"b": 1}]})
 
 
-@pytest.mark.parametrize("body", [[{"image": B64}], b'[{"image": "x"}]'])
+@pytest.mark.parametrize("body", [[{"image": B64}], b'[{"image": "x"}]', b" \n[ not JSON at all", "[1, 2"])
 def test_json_array_is_refused(body: Any) -> None:
     with pytest.raises(InvalidJSON, match="array"):
         parse({"body": body})
