@@ -25,7 +25,7 @@ from codetr_serve.runtime.errors import (
     UndecodableImage,
     error_catalog,
 )
-from codetr_serve.runtime.protocol import KServeV1, KServeV2, Predictions, parse_envelope
+from codetr_serve.runtime.protocol import KServeV1, KServeV2, Predictions, kserve_v2, parse_envelope
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2
 OTHER = b"\xff\xd8\xff" + bytes(100)
@@ -129,6 +129,18 @@ def test_v2_elements_in_row_major_order_with_options_and_id() -> None:
     assert images(envelope) == [IMAGE, OTHER, OTHER, IMAGE]
     assert {item.options for item in envelope.items} == {RequestOptions(0.2, 4)}
     assert envelope.echo == {"id": "frame-1"}
+
+
+def _recursive_flatten(data: list) -> list:
+    return [item for value in data for item in (_recursive_flatten(value) if isinstance(value, list)
+                                                 else [value])]
+
+
+@pytest.mark.parametrize("data", [[], [1, 2], [[1, 2], [3, 4]], [[[1], [2]], [[3], [4]]], [[], [[]], []],
+                                  [1, [2, [3, [4]]], 5], [[1, 2], 3, [[4], 5]]],
+                         ids=["empty", "flat", "rank-2", "rank-3", "empty-lists", "ragged-deep", "ragged"])
+def test_data_is_flattened_in_row_major_order(data: list) -> None:
+    assert kserve_v2._flatten(data) == _recursive_flatten(data)
 
 
 @pytest.mark.parametrize(("inputs", "match"), [

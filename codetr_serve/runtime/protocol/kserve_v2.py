@@ -18,6 +18,7 @@ string: the detections document of image i, or ``{"error": {...}}`` for that ima
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from typing import Any
 
 from codetr_serve.runtime import codec
@@ -200,9 +201,14 @@ def _check_shape_holds(shape: list[int], count: int) -> None:
 
 
 def _flatten(data: list[Any]) -> list[Any]:
-    flat: list[Any] = []
-    for value in data:
-        flat.extend(_flatten(value) if isinstance(value, list) else [value])
+    """The elements of a (nested) data list in row-major order, one level per pass: a level of only
+    lists or of no lists is handled in C, so millions of elements cost no Python step each."""
+    flat = data
+    while list in (kinds := set(map(type, flat))):
+        if kinds == {list}:
+            flat = list(chain.from_iterable(flat))
+        else:  # a ragged level, lists beside elements: rare, and refused by the shape check after
+            flat = [item for value in flat for item in (value if type(value) is list else (value,))]
     return flat
 
 
