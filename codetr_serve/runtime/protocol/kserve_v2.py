@@ -207,7 +207,7 @@ def _flatten(data: list[Any]) -> list[Any]:
     while list in (kinds := set(map(type, flat))):
         if kinds == {list}:
             flat = list(chain.from_iterable(flat))
-        else:  # a ragged level, lists beside elements: rare, and refused by the shape check after
+        else:  # a ragged level (lists beside elements): rare, flattened the same way in Python
             flat = [item for value in flat for item in (value if type(value) is list else (value,))]
     return flat
 
