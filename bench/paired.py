@@ -22,7 +22,7 @@ from bench.inprocess import CeilingProcess
 from bench.pinning import CoreSplit, frontend_pids, pinned, split_cores
 from bench.plan import ModelPlan
 from bench.report import SIDES
-from bench.runner import Row, loadgen, metric_lines_since, metric_log, server_batches
+from bench.runner import Row, loadgen, mean_batch_between, metric_lines_since, metric_log
 from codetr_serve.tools.local_torchserve import LocalTorchServe
 
 
@@ -48,21 +48,20 @@ def loaded_phase(server: LocalTorchServe, plan: ModelPlan, name: str, image: Pat
     result = loadgen(server, [name], ["--mode", "closed", "--concurrency", str(paired.concurrency)],
                      paired.loaded_requests, paired.loaded_seconds, image, out)
     latencies = tuple(r["latency_ms"] for r in result["records"] if r["status"] == 200)
-    mean_batch = server_batches(server, before, server.metrics_text())[0]
-    forward_s = sum(worker_forwards_ms(server, before[1], name)) / 1000.0 or float("nan")
-    waits = worker_seconds_ms(server, before[1], name, "CoDetrWorkerWaitSeconds_sum")[1:]
+    mean_batch = mean_batch_between(before[0], server.metrics_text())
+    lines = metric_lines_since(server, before[1])
+    forward_s = sum(seconds_ms(lines, name, FORWARD)) / 1000.0 or float("nan")
+    waits = seconds_ms(lines, name, WAIT)[1:]
     return Side(len(latencies), result["duration_s"], len(result["records"]) - len(latencies), mean_batch,
                 latencies, forward_s, tuple(waits))
 
 
-def worker_forwards_ms(server: LocalTorchServe, log_start: int, name: str) -> list[float]:
-    """Every forward of model `name` logged since `log_start`, in ms, as its worker timed it."""
-    return worker_seconds_ms(server, log_start, name, "CoDetrForwardSeconds_sum")
+FORWARD, WAIT = "CoDetrForwardSeconds_sum", "CoDetrWorkerWaitSeconds_sum"
 
 
-def worker_seconds_ms(server: LocalTorchServe, log_start: int, name: str, metric: str) -> list[float]:
-    """Every observation of a seconds histogram's `metric` (its _sum) by model `name`'s workers, in ms."""
-    lines = metric_lines_since(server, log_start)
+def seconds_ms(lines: list[str], name: str, metric: str = FORWARD) -> list[float]:
+    """Every observation of a seconds histogram's `metric` (its _sum; the forward's by default) by model
+    `name`'s workers in metric-log `lines`, in ms, as the workers timed them."""
     return [1000.0 * s for s in metrics_parse.log_metric_values(lines, metric, name)]
 
 
@@ -81,7 +80,8 @@ def light_phase(server: LocalTorchServe, plan: ModelPlan, image: Path, out: Path
             errors += 1
             continue
         by_side["tuned" if record["target"] == 0 else "bs1"].append(record["latency_ms"])
-    forward = {f"{side}_forward_ms": _mean(worker_forwards_ms(server, log_start, name))
+    lines = metric_lines_since(server, log_start)
+    forward = {f"{side}_forward_ms": _mean(seconds_ms(lines, name))
                for side, name in (("tuned", plan.tuned), ("bs1", plan.bs1))}
     return {**by_side, **forward, "errors": errors}
 

@@ -122,14 +122,18 @@ def metric_lines_since(server: LocalTorchServe, start: int) -> list[str]:
 def server_batches(server: LocalTorchServe, before: tuple[str, int],
                    after_text: str) -> tuple[float, str, float]:
     """Mean batch (CoDetrImages/CoDetrBatches deltas), batch sizes and mean forward ms (from the log)."""
-    images = (metrics_parse.prometheus_values(after_text, "CoDetrImages")
-              - metrics_parse.prometheus_values(before[0], "CoDetrImages"))
-    batches = (metrics_parse.prometheus_values(after_text, "CoDetrBatches")
-               - metrics_parse.prometheus_values(before[0], "CoDetrBatches"))
     lines = metric_lines_since(server, before[1])
     histogram = metrics_parse.batch_histogram(metrics_parse.log_metric_values(lines, "CoDetrBatchSize_sum"))
     forward_ms = 1000.0 * _mean(metrics_parse.log_metric_values(lines, "CoDetrForwardSeconds_sum"))
-    return metrics_parse.mean_batch(images, batches), metrics_parse.format_histogram(histogram), forward_ms
+    return mean_batch_between(before[0], after_text), metrics_parse.format_histogram(histogram), forward_ms
+
+
+def mean_batch_between(before_text: str, after_text: str) -> float:
+    """Images per batch from the CoDetrImages / CoDetrBatches deltas between two /metrics scrapes."""
+    images, batches = (metrics_parse.prometheus_values(after_text, name)
+                       - metrics_parse.prometheus_values(before_text, name)
+                       for name in ("CoDetrImages", "CoDetrBatches"))
+    return metrics_parse.mean_batch(images, batches)
 
 
 def measure_phase(server: LocalTorchServe, plan: ModelPlan, cfg: ServeConfig, phase: Phase, capacity: float,

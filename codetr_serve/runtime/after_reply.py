@@ -1,9 +1,9 @@
 """Work a worker does after a batch's replies have gone: one daemon thread, in submission order.
 
 TorchServe's worker sends a batch's replies and then blocks until the frontend hands it the next batch; that
-turnaround is idle time for the worker (4 ms per batch for the tiny model on this machine, docs/tuning.md
-"Serving overhead, round 2"). Work the replies do not need, such as printing the batch's metric lines for the
-frontend, runs in that gap here instead of in front of the replies.
+turnaround is idle time for the worker (measured in docs/tuning.md, "Serving overhead, round 2"). Work the
+replies do not need, such as printing the batch's metric lines for the frontend, runs in that gap here
+instead of in front of the replies.
 
 Nothing is dropped: `submit` waits when `max_pending` jobs are queued already, so a worker whose metric
 lines cannot be written stalls as it would have without this thread. A job that raises is logged and the
@@ -54,7 +54,7 @@ class AfterReply:
     def _run(self) -> None:
         # Lowest CPU priority for this thread alone (Linux nice values are per thread): woken by `submit`, it
         # would otherwise take the GIL whenever the worker's thread does I/O before its replies are sent
-        # and, on a worker with one core, keep it (1.0 ms of a tiny batch's reply path vs 0.18 ms at nice 19).
+        # and, on a worker with one core, keep it (docs/tuning.md, "Serving overhead, round 2").
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
         while True:

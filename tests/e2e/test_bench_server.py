@@ -30,10 +30,11 @@ def test_bench_log_config_keeps_per_batch_lines_at_info_without_rolling(tmp_path
                                   headers={"Authorization": f"Bearer {server.key()}"}, timeout=120)
             assert reply.status_code == 200
         deadline = time.monotonic() + 30
-        while len(paired.worker_forwards_ms(server, start, "tiny")) < 2 and time.monotonic() < deadline:
+        while len(forwards := paired.seconds_ms(runner.metric_lines_since(server, start), "tiny")) < 2 \
+                and time.monotonic() < deadline:
             time.sleep(0.2)  # the metric lines follow the replies
-        assert len(paired.worker_forwards_ms(server, start, "tiny")) == 2
-        assert len(paired.worker_seconds_ms(server, start, "tiny", "CoDetrWorkerWaitSeconds_sum")) == 1
+        lines = runner.metric_lines_since(server, start)
+        assert len(forwards) == 2 and len(paired.seconds_ms(lines, "tiny", paired.WAIT)) == 1
         logs = server.root / "logs"
         assert "[DEBUG]" not in server.log_text("ts_log.log")  # the image's levels, not TorchServe's DEBUG
         assert "co_detr settings:" in server.log_text("model_log.log")  # what the worker printed
